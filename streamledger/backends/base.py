@@ -1,0 +1,106 @@
+"""The small contract every storage backend implements.
+
+A backend stores, per ledger and partition: the entry records in order, the perfect Merkle
+subtree hashes of the tree over them (so a proof costs O(log n) reads), and the signed
+checkpoints. It knows nothing about hashing or signatures: the ledger layer
+(:mod:`streamledger.ledger`) builds records and nodes with the pure core and hands them over;
+the verifier reads them back and trusts nothing it reads.
+
+Backends: :mod:`.memory` (tests), :mod:`.sqlite` (embedded default), :mod:`.kafka`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from streamledger.core.entry import StoredRecord
+
+#: (level, index, hash) of a perfect subtree of the Merkle tree, level 0 = leaf hashes.
+Node = tuple[int, int, bytes]
+
+DEFAULT_ORIGIN = "streamledger.local"
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """What ``init`` records about a ledger.
+
+    ``origin`` is the prefix of each partition's checkpoint origin line:
+    ``<origin>/ledger/<name>/partition/<p>``. ``log_vkey`` is the verifier key of
+    ``signing_key`` as recorded at init (a hint: auditors pass their own ``--vkey``).
+    ``options`` carries backend settings (Kafka replication, retention, ...).
+    """
+
+    name: str
+    partitions: int = 1
+    origin: str = DEFAULT_ORIGIN
+    signing_key: str | None = None
+    log_vkey: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    def checkpoint_origin(self, partition: int) -> str:
+        return f"{self.origin}/ledger/{self.name}/partition/{partition}"
+
+
+@dataclass(frozen=True)
+class PartitionHead:
+    """The state a writer needs to extend a partition's chain and tree."""
+
+    size: int
+    last_leaf_hash: bytes | None
+
+
+@dataclass(frozen=True)
+class AppendBatch:
+    """An all-or-nothing append to one partition.
+
+    ``first_seq`` must equal the partition's current size (optimistic concurrency: a
+    backend refuses a batch built on a stale head). ``records`` are the encoded entries
+    for seqs ``first_seq, first_seq+1, ...``; ``keys`` their partition keys (or None);
+    ``nodes`` every perfect subtree the batch completes (leaves included).
+    """
+
+    first_seq: int
+    records: Sequence[bytes]
+    keys: Sequence[bytes | None]
+    nodes: Sequence[Node]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage of many ledgers. All methods raise :class:`~streamledger.errors.StreamledgerError`
+    subclasses (``ConfigError`` for unknown ledgers, ``BackendUnavailable`` for I/O)."""
+
+    def create_ledger(self, config: LedgerConfig) -> None: ...
+
+    def ledger_config(self, ledger: str) -> LedgerConfig: ...
+
+    def list_ledgers(self) -> list[str]: ...
+
+    def head(self, ledger: str, partition: int) -> PartitionHead: ...
+
+    def append(self, ledger: str, partition: int, batch: AppendBatch) -> list[int]:
+        """Store the batch atomically; return the storage offsets of its records."""
+        ...
+
+    def read(
+        self, ledger: str, partition: int, start: int = 0, end: int | None = None
+    ) -> Iterator[StoredRecord]:
+        """Records of seqs ``[start, end)`` as the honest writer stored them."""
+        ...
+
+    def scan(self, ledger: str, partition: int) -> Iterator[StoredRecord]:
+        """Every record physically present, in storage order (for verification)."""
+        ...
+
+    def get_node(self, ledger: str, partition: int, level: int, index: int) -> bytes: ...
+
+    def add_checkpoint(self, ledger: str, partition: int, tree_size: int, note: str) -> None: ...
+
+    def checkpoints(self, ledger: str, partition: int) -> list[str]:
+        """Every signed checkpoint note stored for the partition, oldest first."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,102 @@
+"""In-memory backend: a real, cheap implementation for tests (ours and users')."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
+from streamledger.core.entry import StoredRecord
+from streamledger.errors import BackendUnavailable, ConfigError, StreamledgerError
+
+
+@dataclass
+class _Partition:
+    records: list[bytes] = field(default_factory=list)
+    nodes: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    checkpoints: list[str] = field(default_factory=list)
+
+
+class MemoryBackend:
+    """Keeps everything in Python lists. ``partition_records`` exposes the list for tampering."""
+
+    def __init__(self) -> None:
+        self._configs: dict[str, LedgerConfig] = {}
+        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._lock = threading.Lock()
+
+    def _part(self, ledger: str, partition: int) -> _Partition:
+        try:
+            return self._parts[(ledger, partition)]
+        except KeyError:
+            self.ledger_config(ledger)
+            raise ConfigError(f"ledger {ledger!r} has no partition {partition}") from None
+
+    def partition_records(self, ledger: str, partition: int) -> list[bytes]:
+        """The live list of stored records (tests tamper with it directly)."""
+        return self._part(ledger, partition).records
+
+    def create_ledger(self, config: LedgerConfig) -> None:
+        with self._lock:
+            if config.name in self._configs:
+                raise ConfigError(f"ledger {config.name!r} already exists")
+            self._configs[config.name] = config
+            for p in range(config.partitions):
+                self._parts[(config.name, p)] = _Partition()
+
+    def ledger_config(self, ledger: str) -> LedgerConfig:
+        try:
+            return self._configs[ledger]
+        except KeyError:
+            raise ConfigError(f"no ledger named {ledger!r}") from None
+
+    def list_ledgers(self) -> list[str]:
+        return sorted(self._configs)
+
+    def head(self, ledger: str, partition: int) -> PartitionHead:
+        part = self._part(ledger, partition)
+        size = len(part.records)
+        return PartitionHead(size, part.nodes.get((0, size - 1)) if size else None)
+
+    def append(self, ledger: str, partition: int, batch: AppendBatch) -> list[int]:
+        part = self._part(ledger, partition)
+        with self._lock:
+            if len(part.records) != batch.first_seq:
+                raise StreamledgerError(
+                    f"ledger {ledger!r} partition {partition} has {len(part.records)} entries, "
+                    f"but the batch starts at seq {batch.first_seq}"
+                )
+            start = len(part.records)
+            part.records.extend(batch.records)
+            for level, index, node in batch.nodes:
+                part.nodes[(level, index)] = node
+            return list(range(start, len(part.records)))
+
+    def read(
+        self, ledger: str, partition: int, start: int = 0, end: int | None = None
+    ) -> Iterator[StoredRecord]:
+        records = self._part(ledger, partition).records
+        stop = len(records) if end is None else min(end, len(records))
+        for pos in range(start, stop):
+            yield StoredRecord(pos, records[pos])
+
+    def scan(self, ledger: str, partition: int) -> Iterator[StoredRecord]:
+        return self.read(ledger, partition)
+
+    def get_node(self, ledger: str, partition: int, level: int, index: int) -> bytes:
+        try:
+            return self._part(ledger, partition).nodes[(level, index)]
+        except KeyError:
+            raise BackendUnavailable(
+                f"Merkle node level {level} index {index} missing for {ledger!r}/{partition}"
+            ) from None
+
+    def add_checkpoint(self, ledger: str, partition: int, tree_size: int, note: str) -> None:
+        self._part(ledger, partition).checkpoints.append(note)
+
+    def checkpoints(self, ledger: str, partition: int) -> list[str]:
+        return list(self._part(ledger, partition).checkpoints)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,272 @@
+"""Embedded backend: one SQLite database (WAL mode) under a data directory.
+
+Each append is one SQLite transaction holding the entries and the Merkle nodes they
+complete, so a batch is all or nothing and a killed process never leaves half an entry.
+The head of a partition is derived from what is stored (``max(position) + 1``), never kept
+in a second place that could disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
+from streamledger.core.entry import StoredRecord
+from streamledger.errors import BackendUnavailable, ConfigError, StreamledgerError
+
+DB_NAME = "ledger.db"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledgers (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    ledger_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    record_key BLOB,
+    record BLOB NOT NULL,
+    PRIMARY KEY (ledger_id, partition, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    ledger_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (ledger_id, partition, level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    ledger_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    tree_size INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (ledger_id, partition, id)
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteBackend:
+    """Ledgers in ``<data_dir>/ledger.db``. Safe to share between threads of one process."""
+
+    def __init__(self, data_dir: str | Path, *, create: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        if not self.path.exists() and not create:
+            raise ConfigError(
+                f"no streamledger store at {self.path}: run 'streamledger init' first "
+                "or pass --data-dir"
+            )
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot create data directory {self.data_dir}: {exc}") from None
+        self._lock = threading.RLock()
+        self._ids: dict[str, int] = {}
+
+    def _check_schema(self) -> None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif row[0] != str(SCHEMA_VERSION):
+            raise BackendUnavailable(
+                f"store {self.path} has schema version {row[0]}, this streamledger "
+                f"reads version {SCHEMA_VERSION}"
+            )
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            with self._lock:
+                return self._conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def _ledger_id(self, ledger: str) -> int:
+        lid = self._ids.get(ledger)
+        if lid is None:
+            rows = self._query("SELECT id FROM ledgers WHERE name=?", (ledger,))
+            if not rows:
+                raise ConfigError(f"no ledger named {ledger!r} in {self.path}")
+            lid = self._ids[ledger] = rows[0][0]
+        return lid
+
+    # -- ledgers ---------------------------------------------------------------------
+    def create_ledger(self, config: LedgerConfig) -> None:
+        data = json.dumps(
+            {
+                "name": config.name,
+                "partitions": config.partitions,
+                "origin": config.origin,
+                "signing_key": config.signing_key,
+                "log_vkey": config.log_vkey,
+                "options": config.options,
+            },
+            sort_keys=True,
+        )
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "INSERT INTO ledgers (name, config) VALUES (?, ?)", (config.name, data)
+                )
+        except sqlite3.IntegrityError:
+            raise ConfigError(f"ledger {config.name!r} already exists in {self.path}") from None
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def ledger_config(self, ledger: str) -> LedgerConfig:
+        rows = self._query("SELECT config FROM ledgers WHERE name=?", (ledger,))
+        if not rows:
+            known = ", ".join(self.list_ledgers()) or "none"
+            raise ConfigError(f"no ledger named {ledger!r} in {self.path} (ledgers: {known})")
+        try:
+            data = json.loads(rows[0][0])
+            return LedgerConfig(
+                name=data["name"],
+                partitions=int(data["partitions"]),
+                origin=data["origin"],
+                signing_key=data.get("signing_key"),
+                log_vkey=data.get("log_vkey"),
+                options=dict(data.get("options") or {}),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendUnavailable(
+                f"configuration of ledger {ledger!r} in {self.path} is damaged: {exc}"
+            ) from None
+
+    def list_ledgers(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT name FROM ledgers ORDER BY name")]
+
+    # -- partitions ------------------------------------------------------------------
+    def head(self, ledger: str, partition: int) -> PartitionHead:
+        lid = self._ledger_id(ledger)
+        rows = self._query(
+            "SELECT MAX(position) FROM entries WHERE ledger_id=? AND partition=?",
+            (lid, partition),
+        )
+        last = rows[0][0]
+        if last is None:
+            return PartitionHead(0, None)
+        return PartitionHead(last + 1, self.get_node(ledger, partition, 0, last))
+
+    def append(self, ledger: str, partition: int, batch: AppendBatch) -> list[int]:
+        lid = self._ledger_id(ledger)
+        first = batch.first_seq
+        positions = list(range(first, first + len(batch.records)))
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute(
+                        "SELECT MAX(position) FROM entries WHERE ledger_id=? AND partition=?",
+                        (lid, partition),
+                    ).fetchone()
+                    size = 0 if row[0] is None else row[0] + 1
+                    if size != first:
+                        raise StreamledgerError(
+                            f"ledger {ledger!r} partition {partition} has {size} entries, "
+                            f"but the batch starts at seq {first}: another writer appended "
+                            "meanwhile; reopen the ledger and retry"
+                        )
+                    conn.executemany(
+                        "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (lid, partition, pos, key, rec)
+                            for pos, key, rec in zip(
+                                positions, batch.keys, batch.records, strict=True
+                            )
+                        ],
+                    )
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
+                        [(lid, partition, lvl, idx, h) for lvl, idx, h in batch.nodes],
+                    )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise BackendUnavailable(f"append to {self.path} failed: {exc}") from None
+        return positions
+
+    def _iter(self, sql: str, args: tuple) -> Iterator[StoredRecord]:
+        # Page through the table so memory stays flat for long partitions.
+        last = -1
+        while True:
+            rows = self._query(sql, (*args, last))
+            if not rows:
+                return
+            for pos, rec in rows:
+                yield StoredRecord(pos, bytes(rec))
+            last = rows[-1][0]
+
+    def read(
+        self, ledger: str, partition: int, start: int = 0, end: int | None = None
+    ) -> Iterator[StoredRecord]:
+        lid = self._ledger_id(ledger)
+        stop = 2**63 - 1 if end is None else end
+        return self._iter(
+            "SELECT position, record FROM entries WHERE ledger_id=? AND partition=? "
+            "AND position>=? AND position<? AND position>? ORDER BY position LIMIT 5000",
+            (lid, partition, start, stop),
+        )
+
+    def scan(self, ledger: str, partition: int) -> Iterator[StoredRecord]:
+        return self.read(ledger, partition)
+
+    def get_node(self, ledger: str, partition: int, level: int, index: int) -> bytes:
+        lid = self._ledger_id(ledger)
+        rows = self._query(
+            "SELECT hash FROM nodes WHERE ledger_id=? AND partition=? AND level=? AND idx=?",
+            (lid, partition, level, index),
+        )
+        if not rows:
+            raise BackendUnavailable(
+                f"ledger {ledger!r} partition {partition}: Merkle node level {level} "
+                f"index {index} is missing from {self.path}"
+            )
+        return bytes(rows[0][0])
+
+    def add_checkpoint(self, ledger: str, partition: int, tree_size: int, note: str) -> None:
+        lid = self._ledger_id(ledger)
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT INTO checkpoints SELECT ?, ?, COALESCE(MAX(id), -1) + 1, ?, ? "
+                    "FROM checkpoints WHERE ledger_id=? AND partition=?",
+                    (lid, partition, tree_size, note, lid, partition),
+                )
+            except sqlite3.DatabaseError as exc:
+                raise BackendUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def checkpoints(self, ledger: str, partition: int) -> list[str]:
+        lid = self._ledger_id(ledger)
+        rows = self._query(
+            "SELECT note FROM checkpoints WHERE ledger_id=? AND partition=? ORDER BY id",
+            (lid, partition),
+        )
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
