@@ -2,11 +2,12 @@
 
     StreamledgerError               root: catch this to catch everything we raise
     ├── ConfigError                 bad option, unknown ledger, missing or unreadable key file
-    ├── FormatError                 bytes that are not what they claim (entry, note, vkey, proof file)
+    ├── FormatError                 bytes that are not what they claim (entry, note, vkey, proof)
     │   └── UnknownVersionError     a well-formed entry of a version this code does not know
     ├── VerificationError           a proof, signature or checkpoint does not verify
     │   └── TamperDetected          a ledger's stored history was altered (carries findings)
     ├── ProofError                  a proof cannot be produced (index or size out of range)
+    ├── WriteConflict               another writer extended the partition first (or fenced us)
     └── BackendUnavailable          the store or broker cannot be reached or used
 
 Every message names the thing that is wrong so a user can act on it. No message ever
@@ -48,6 +49,10 @@ class TamperDetected(VerificationError):
 
 class ProofError(StreamledgerError):
     """A proof was asked for an index or size the log cannot prove."""
+
+
+class WriteConflict(StreamledgerError):
+    """Another writer extended the partition since we read its head, or fenced this writer."""
 
 
 class BackendUnavailable(StreamledgerError):

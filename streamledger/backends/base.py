@@ -11,7 +11,7 @@ Backends: :mod:`.memory` (tests), :mod:`.sqlite` (embedded default), :mod:`.kafk
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -81,8 +81,11 @@ class Backend(Protocol):
 
     def head(self, ledger: str, partition: int) -> PartitionHead: ...
 
-    def append(self, ledger: str, partition: int, batch: AppendBatch) -> list[int]:
-        """Store the batch atomically; return the storage offsets of its records."""
+    def append(self, ledger: str, batches: Mapping[int, AppendBatch]) -> dict[int, list[int]]:
+        """Store batches for several partitions all or nothing; return each record's offset.
+
+        Raises :class:`~streamledger.errors.WriteConflict` if a batch's ``first_seq`` is not
+        the partition's current size."""
         ...
 
     def read(

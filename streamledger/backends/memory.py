@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
 from streamledger.core.entry import StoredRecord
-from streamledger.errors import BackendUnavailable, ConfigError, StreamledgerError
+from streamledger.errors import BackendUnavailable, ConfigError, WriteConflict
 
 
 @dataclass
@@ -59,19 +59,24 @@ class MemoryBackend:
         size = len(part.records)
         return PartitionHead(size, part.nodes.get((0, size - 1)) if size else None)
 
-    def append(self, ledger: str, partition: int, batch: AppendBatch) -> list[int]:
-        part = self._part(ledger, partition)
+    def append(self, ledger: str, batches: Mapping[int, AppendBatch]) -> dict[int, list[int]]:
         with self._lock:
-            if len(part.records) != batch.first_seq:
-                raise StreamledgerError(
-                    f"ledger {ledger!r} partition {partition} has {len(part.records)} entries, "
-                    f"but the batch starts at seq {batch.first_seq}"
-                )
-            start = len(part.records)
-            part.records.extend(batch.records)
-            for level, index, node in batch.nodes:
-                part.nodes[(level, index)] = node
-            return list(range(start, len(part.records)))
+            parts = {p: self._part(ledger, p) for p in batches}
+            for p, batch in batches.items():
+                if len(parts[p].records) != batch.first_seq:
+                    raise WriteConflict(
+                        f"ledger {ledger!r} partition {p} has {len(parts[p].records)} entries, "
+                        f"but the batch starts at seq {batch.first_seq}"
+                    )
+            result: dict[int, list[int]] = {}
+            for p, batch in batches.items():
+                part = parts[p]
+                start = len(part.records)
+                part.records.extend(batch.records)
+                for level, index, node in batch.nodes:
+                    part.nodes[(level, index)] = node
+                result[p] = list(range(start, len(part.records)))
+            return result
 
     def read(
         self, ledger: str, partition: int, start: int = 0, end: int | None = None

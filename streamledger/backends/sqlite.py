@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
 from streamledger.core.entry import StoredRecord
-from streamledger.errors import BackendUnavailable, ConfigError, StreamledgerError
+from streamledger.errors import BackendUnavailable, ConfigError, WriteConflict
 
 DB_NAME = "ledger.db"
 SCHEMA_VERSION = 1
@@ -168,45 +168,49 @@ class SQLiteBackend:
             return PartitionHead(0, None)
         return PartitionHead(last + 1, self.get_node(ledger, partition, 0, last))
 
-    def append(self, ledger: str, partition: int, batch: AppendBatch) -> list[int]:
+    def append(self, ledger: str, batches: Mapping[int, AppendBatch]) -> dict[int, list[int]]:
         lid = self._ledger_id(ledger)
-        first = batch.first_seq
-        positions = list(range(first, first + len(batch.records)))
+        result: dict[int, list[int]] = {}
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    row = conn.execute(
-                        "SELECT MAX(position) FROM entries WHERE ledger_id=? AND partition=?",
-                        (lid, partition),
-                    ).fetchone()
-                    size = 0 if row[0] is None else row[0] + 1
-                    if size != first:
-                        raise StreamledgerError(
-                            f"ledger {ledger!r} partition {partition} has {size} entries, "
-                            f"but the batch starts at seq {first}: another writer appended "
-                            "meanwhile; reopen the ledger and retry"
-                        )
-                    conn.executemany(
-                        "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-                        [
-                            (lid, partition, pos, key, rec)
-                            for pos, key, rec in zip(
-                                positions, batch.keys, batch.records, strict=True
-                            )
-                        ],
-                    )
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
-                        [(lid, partition, lvl, idx, h) for lvl, idx, h in batch.nodes],
-                    )
+                    for partition, batch in batches.items():
+                        result[partition] = self._append_one(lid, ledger, partition, batch)
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 raise BackendUnavailable(f"append to {self.path} failed: {exc}") from None
+        return result
+
+    def _append_one(self, lid: int, ledger: str, partition: int, batch: AppendBatch) -> list[int]:
+        conn = self._conn
+        first = batch.first_seq
+        row = conn.execute(
+            "SELECT MAX(position) FROM entries WHERE ledger_id=? AND partition=?",
+            (lid, partition),
+        ).fetchone()
+        size = 0 if row[0] is None else row[0] + 1
+        if size != first:
+            raise WriteConflict(
+                f"ledger {ledger!r} partition {partition} has {size} entries, but the batch "
+                f"starts at seq {first}: another writer appended meanwhile"
+            )
+        positions = list(range(first, first + len(batch.records)))
+        conn.executemany(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+            [
+                (lid, partition, pos, key, rec)
+                for pos, key, rec in zip(positions, batch.keys, batch.records, strict=True)
+            ],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
+            [(lid, partition, lvl, idx, h) for lvl, idx, h in batch.nodes],
+        )
         return positions
 
     def _iter(self, sql: str, args: tuple) -> Iterator[StoredRecord]:
