@@ -1,0 +1,450 @@
+"""The Python API: open a ledger on a backend, append, read, checkpoint, verify, prove.
+
+>>> from streamledger import Ledger, MemoryBackend
+>>> ledger = Ledger.create(MemoryBackend(), "payments", partitions=2)
+>>> receipt = ledger.append(b'{"amount": 10}', key=b"customer-1")
+>>> [e.payload for e in ledger.read(receipt.partition)]
+[b'{"amount": 10}']
+
+The ledger is the sequencer of its partitions in this process: it assigns sequence
+numbers, chains entries and extends each partition's Merkle tree, then hands the finished
+records to the backend in one all-or-nothing append. If another writer extended a
+partition meanwhile, the backend refuses (``WriteConflict``) and the ledger rebuilds the
+batch on the new head and retries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, Node
+from streamledger.core.checkpoint import Checkpoint, sign_checkpoint
+from streamledger.core.entry import (
+    ZERO_HASH,
+    Entry,
+    build_record,
+    decode_record,
+    validate_ledger_id,
+)
+from streamledger.core.merkle import (
+    CompactRange,
+    consistency_proof,
+    inclusion_proof,
+    root_hash,
+)
+from streamledger.core.note import SigningKey, VerifierKey
+from streamledger.core.partitioner import partition_for_key
+from streamledger.core.proof import ConsistencyProof, InclusionProof
+from streamledger.core.verify import (
+    Finding,
+    PartitionReport,
+    TrustPolicy,
+    check_checkpoint_note,
+    verify_partition,
+)
+from streamledger.errors import ConfigError, FormatError, ProofError, WriteConflict
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_MAX_RETRIES = 5
+
+
+class AppendItem(NamedTuple):
+    """One entry to append: payload bytes, an optional key (chooses the partition and is
+    recorded in the header) and content type."""
+
+    payload: bytes
+    key: bytes | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Where an appended entry landed."""
+
+    ledger: str
+    partition: int
+    seq: int
+    leaf_hash: bytes
+    offset: int
+
+
+@dataclass
+class LedgerReport:
+    """Verification result of a whole ledger."""
+
+    ledger: str
+    partitions: list[PartitionReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.partitions)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for p in self.partitions for f in p.findings]
+
+    @property
+    def entries_checked(self) -> int:
+        return sum(p.entries_checked for p in self.partitions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ledger": self.ledger,
+            "ok": self.ok,
+            "entries_checked": self.entries_checked,
+            "partitions": [p.to_json() for p in self.partitions],
+        }
+
+
+class _PartitionWriter:
+    """The chain head and Merkle right edge of one partition, O(log n) memory."""
+
+    def __init__(self, backend: Backend, ledger: str, partition: int) -> None:
+        head = backend.head(ledger, partition)
+        self.size = head.size
+        self.prev_leaf = head.last_leaf_hash or ZERO_HASH
+
+        def get_node(level: int, index: int) -> bytes:
+            return backend.get_node(ledger, partition, level, index)
+
+        self.tree = CompactRange.from_nodes(head.size, get_node)
+
+
+class Ledger:
+    """A named ledger on a backend. Thread-safe for appends within one process."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        *,
+        signer: SigningKey | None = None,
+        producer: str | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.config: LedgerConfig = backend.ledger_config(name)
+        self.name = name
+        self.signer = signer
+        self.producer = producer if producer is not None else f"streamledger@{socket.gethostname()}"
+        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._writers: dict[int, _PartitionWriter] = {}
+        self._lock = threading.RLock()
+        self._round_robin = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.name!r}, partitions={self.partitions})"
+
+    # -- creation ----------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        backend: Backend,
+        name: str,
+        *,
+        partitions: int = 1,
+        origin: str | None = None,
+        signer: SigningKey | None = None,
+        options: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Ledger:
+        """Create ledger ``name`` with ``partitions`` logs and open it."""
+        try:
+            validate_ledger_id(name)
+        except FormatError as exc:
+            raise ConfigError(str(exc)) from None
+        if not 1 <= partitions <= 10_000:
+            raise ConfigError(f"partitions must be between 1 and 10000, got {partitions}")
+        config = LedgerConfig(
+            name=name,
+            partitions=partitions,
+            origin=origin or LedgerConfig.origin,
+            signing_key=signer.name if signer else None,
+            log_vkey=str(signer.verifier) if signer else None,
+            options=dict(options or {}),
+        )
+        backend.create_ledger(config)
+        return cls(backend, name, signer=signer, **kwargs)
+
+    @property
+    def partitions(self) -> int:
+        return self.config.partitions
+
+    def _check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self.partitions:
+            raise ConfigError(
+                f"ledger {self.name!r} has partitions 0..{self.partitions - 1}, not {partition}"
+            )
+
+    # -- appending ---------------------------------------------------------------------
+    def choose_partition(self, key: bytes | None) -> int:
+        """Kafka's default partitioner for keyed entries; round-robin without a key."""
+        if key is None:
+            return next(self._round_robin) % self.partitions
+        return partition_for_key(key, self.partitions)
+
+    def append(
+        self,
+        payload: bytes,
+        *,
+        key: bytes | None = None,
+        content_type: str | None = None,
+        partition: int | None = None,
+    ) -> Receipt:
+        """Append one entry and return its receipt."""
+        return self.append_many([AppendItem(payload, key, content_type)], partition=partition)[0]
+
+    def append_many(
+        self, items: Iterable[bytes | AppendItem], *, partition: int | None = None
+    ) -> list[Receipt]:
+        """Append entries all or nothing (one backend transaction); receipts in input order.
+
+        Without ``partition``, each item's key chooses its partition."""
+        normalized: list[AppendItem] = []
+        for item in items:
+            if isinstance(item, AppendItem):
+                normalized.append(item)
+            elif isinstance(item, bytes | bytearray | memoryview):
+                normalized.append(AppendItem(bytes(item)))
+            else:
+                raise TypeError(f"payloads must be bytes or AppendItem, not {type(item).__name__}")
+        if partition is not None:
+            self._check_partition(partition)
+        with self._lock:
+            targets = [
+                partition if partition is not None else self.choose_partition(item.key)
+                for item in normalized
+            ]
+            for attempt in range(_MAX_RETRIES):
+                try:
+                    return self._append_once(normalized, targets)
+                except WriteConflict:
+                    self._writers.clear()  # another writer moved the heads: reload them
+                    if attempt == _MAX_RETRIES - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _writer(self, partition: int) -> _PartitionWriter:
+        writer = self._writers.get(partition)
+        if writer is None:
+            writer = self._writers[partition] = _PartitionWriter(self.backend, self.name, partition)
+        return writer
+
+    def _append_once(self, items: Sequence[AppendItem], targets: Sequence[int]) -> list[Receipt]:
+        timestamp = self._clock()
+        name, producer = self.name, self.producer
+        staged: dict[int, tuple[int, bytes, CompactRange, list[bytes], list, list[Node]]] = {}
+        placed: list[tuple[int, int, bytes]] = []  # (partition, seq, leaf) per item
+        for item, part in zip(items, targets, strict=True):
+            state = staged.get(part)
+            if state is None:
+                writer = self._writer(part)
+                state = (writer.size, writer.prev_leaf, writer.tree.copy(), [], [], [])
+            first, prev, tree, records, keys, nodes = state
+            seq = first + len(records)
+            record, leaf = build_record(
+                name,
+                part,
+                seq,
+                timestamp,
+                producer,
+                item.content_type or DEFAULT_CONTENT_TYPE,
+                item.key or b"",
+                prev,
+                item.payload,
+            )
+            records.append(record)
+            keys.append(item.key)
+            nodes.extend(tree.append(leaf))
+            staged[part] = (first, leaf, tree, records, keys, nodes)
+            placed.append((part, seq, leaf))
+        batches = {
+            part: AppendBatch(first, records, keys, nodes)
+            for part, (first, _, _, records, keys, nodes) in staged.items()
+        }
+        offsets = self.backend.append(name, batches)
+        for part, (first, prev, tree, records, _, _) in staged.items():
+            writer = self._writers[part]
+            writer.size = first + len(records)
+            writer.prev_leaf = prev
+            writer.tree = tree
+        return [
+            Receipt(name, part, seq, leaf, offsets[part][seq - staged[part][0]])
+            for part, seq, leaf in placed
+        ]
+
+    # -- reading -----------------------------------------------------------------------
+    def size(self, partition: int) -> int:
+        self._check_partition(partition)
+        return self.backend.head(self.name, partition).size
+
+    def read(self, partition: int = 0, start: int = 0, end: int | None = None) -> Iterator[Entry]:
+        """Decoded entries of seqs ``[start, end)``. Reading does not verify: use verify()."""
+        self._check_partition(partition)
+        for record in self.backend.read(self.name, partition, start, end):
+            yield decode_record(record.value)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _get_node(self, partition: int) -> Callable[[int, int], bytes]:
+        def get_node(level: int, index: int) -> bytes:
+            return self.backend.get_node(self.name, partition, level, index)
+
+        return get_node
+
+    def checkpoint(self, signer: SigningKey | None = None) -> list[str]:
+        """Sign a checkpoint for every partition that grew since its last one.
+
+        Returns the latest signed note of every partition (new or existing)."""
+        signer = signer or self.signer
+        if signer is None:
+            raise ConfigError(
+                f"ledger {self.name!r} has no signing key: pass one (--signing-key NAME)"
+            )
+        notes = []
+        for partition in range(self.partitions):
+            size = self.backend.head(self.name, partition).size
+            existing = self.backend.checkpoints(self.name, partition)
+            if existing:
+                latest = Checkpoint.parse(existing[-1].split("\n\n", 1)[0] + "\n")
+                if latest.tree_size == size:
+                    notes.append(existing[-1])
+                    continue
+            cp = Checkpoint(
+                self.config.checkpoint_origin(partition),
+                size,
+                root_hash(size, self._get_node(partition)),
+            )
+            note = sign_checkpoint(cp, signer)
+            self.backend.add_checkpoint(self.name, partition, size, note)
+            notes.append(note)
+        return notes
+
+    def default_trust(self) -> TrustPolicy | None:
+        """Trust the verifier key recorded at ``init`` (a convenience, not an audit)."""
+        if not self.config.log_vkey:
+            return None
+        return TrustPolicy((VerifierKey.parse(self.config.log_vkey),))
+
+    def _latest_trusted(self, partition: int, trust: TrustPolicy | None, min_size: int) -> str:
+        trust = trust or self.default_trust()
+        origin = self.config.checkpoint_origin(partition)
+        for note in reversed(self.backend.checkpoints(self.name, partition)):
+            try:
+                cp = (
+                    check_checkpoint_note(note, origin, trust)
+                    if trust
+                    else Checkpoint.parse(note.split("\n\n", 1)[0] + "\n")
+                )
+            except Exception:  # noqa: BLE001 - an unusable note is simply not a candidate
+                continue
+            if cp.tree_size >= min_size:
+                return note
+            break
+        raise ProofError(
+            f"no signed checkpoint of {self.name!r} partition {partition} covers "
+            f"{min_size} entries yet: run 'streamledger checkpoint {self.name}' first"
+        )
+
+    # -- proofs ------------------------------------------------------------------------
+    def prove_inclusion(
+        self, partition: int, seq: int, *, trust: TrustPolicy | None = None
+    ) -> InclusionProof:
+        """Inclusion proof of entry ``seq`` against the latest signed checkpoint covering it."""
+        self._check_partition(partition)
+        note = self._latest_trusted(partition, trust, seq + 1)
+        cp = Checkpoint.parse(note.split("\n\n", 1)[0] + "\n")
+        get_node = self._get_node(partition)
+        records = list(self.backend.read(self.name, partition, seq, seq + 1))
+        if not records:
+            raise ProofError(f"{self.name!r} partition {partition} has no entry seq {seq}")
+        entry = decode_record(records[0].value)
+        return InclusionProof(
+            ledger=self.name,
+            partition=partition,
+            index=seq,
+            tree_size=cp.tree_size,
+            leaf_hash=entry.leaf_hash,
+            root_hash=cp.root_hash,
+            proof=inclusion_proof(seq, cp.tree_size, get_node),
+            entry=entry.header_bytes,
+            checkpoint=note,
+        )
+
+    def prove_consistency(
+        self, partition: int, old_size: int, new_size: int | None = None
+    ) -> ConsistencyProof:
+        """Consistency proof between two tree sizes (default new size: the current size)."""
+        self._check_partition(partition)
+        current = self.backend.head(self.name, partition).size
+        new = current if new_size is None else new_size
+        if new > current:
+            raise ProofError(
+                f"{self.name!r} partition {partition} has {current} entries, cannot prove "
+                f"size {new}"
+            )
+        if old_size > new:
+            raise ProofError(f"old size {old_size} is larger than new size {new}")
+        get_node = self._get_node(partition)
+        by_size = {}
+        for note in self.backend.checkpoints(self.name, partition):
+            try:
+                by_size[Checkpoint.parse(note.split("\n\n", 1)[0] + "\n").tree_size] = note
+            except FormatError:
+                continue
+        return ConsistencyProof(
+            ledger=self.name,
+            partition=partition,
+            old_size=old_size,
+            new_size=new,
+            old_root=root_hash(old_size, get_node),
+            new_root=root_hash(new, get_node),
+            proof=consistency_proof(old_size, new, get_node),
+            old_checkpoint=by_size.get(old_size),
+            new_checkpoint=by_size.get(new),
+        )
+
+    # -- verification ------------------------------------------------------------------
+    def verify(
+        self,
+        trust: TrustPolicy | None = None,
+        *,
+        partitions: Iterable[int] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> LedgerReport:
+        """Verify partitions (all by default) against ``trust`` (default: the init key).
+
+        ``progress(partition, entries_read)`` is called every 10,000 records."""
+        trust = trust or self.default_trust()
+        reports = []
+        for partition in partitions if partitions is not None else range(self.partitions):
+            self._check_partition(partition)
+            records = self.backend.scan(self.name, partition)
+            if progress is not None:
+                records = _counting(records, partition, progress)
+            reports.append(
+                verify_partition(
+                    self.name,
+                    partition,
+                    self.config.checkpoint_origin(partition),
+                    records,
+                    self.backend.checkpoints(self.name, partition),
+                    trust,
+                    self._get_node(partition),
+                )
+            )
+        return LedgerReport(self.name, reports)
+
+
+def _counting(records: Iterable[Any], partition: int, progress: Callable[[int, int], None]):
+    count = 0
+    for count, record in enumerate(records, 1):
+        if count % 10_000 == 0:
+            progress(partition, count)
+        yield record
+    progress(partition, count)
