@@ -1,0 +1,473 @@
+"""Command handlers of the ``streamledger`` CLI."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from streamledger.backends.base import Backend
+from streamledger.cli.main import DEFAULT_DATA_DIR, EXIT_ERROR, EXIT_OK, EXIT_TAMPERED, UsageError
+from streamledger.core.note import KEY_TYPE_COSIGNATURE, VerifierKey
+from streamledger.core.proof import load_proof
+from streamledger.core.verify import TrustPolicy
+from streamledger.errors import ConfigError, FormatError, StreamledgerError, VerificationError
+from streamledger.keys import KeyStore, load_vkey
+from streamledger.ledger import AppendItem, Ledger, LedgerReport
+
+
+# -- context -----------------------------------------------------------------------------
+def data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir is not None:
+        return Path(args.data_dir)
+    return Path(os.environ.get("STREAMLEDGER_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def key_store(args: argparse.Namespace) -> KeyStore:
+    if args.keys_dir is not None:
+        return KeyStore(args.keys_dir)
+    env = os.environ.get("STREAMLEDGER_KEYS_DIR")
+    return KeyStore(Path(env) if env else data_dir(args) / "keys")
+
+
+def kafka_bootstrap(args: argparse.Namespace) -> str | None:
+    return args.bootstrap_servers or os.environ.get("STREAMLEDGER_KAFKA") or None
+
+
+def open_backend(args: argparse.Namespace, *, create: bool = False) -> Backend:
+    bootstrap = kafka_bootstrap(args)
+    if bootstrap:
+        from streamledger.backends.kafka import KafkaBackend
+
+        return KafkaBackend(
+            bootstrap,
+            config=dict(args.kafka_config),
+            state_dir=data_dir(args) / "kafka-cache",
+        )
+    from streamledger.backends.sqlite import SQLiteBackend
+
+    return SQLiteBackend(data_dir(args), create=create)
+
+
+def open_ledger(args: argparse.Namespace, backend: Backend, *, signing_key: str | None = None):
+    ledger = Ledger(backend, args.ledger)
+    name = signing_key or ledger.config.signing_key
+    if signing_key:
+        ledger.signer = key_store(args).load(signing_key)
+    elif name and key_store(args).exists(name):
+        ledger.signer = key_store(args).load(name)
+    return ledger
+
+
+def trust_policy(args: argparse.Namespace, ledger: Ledger | None = None) -> TrustPolicy | None:
+    log_keys = tuple(load_vkey(v) for v in args.vkey)
+    witness_keys = tuple(load_vkey(v) for v in args.witness_vkey)
+    for key in witness_keys:
+        if key.key_type != KEY_TYPE_COSIGNATURE:
+            raise ConfigError(f"--witness-vkey {key.name!r} is not a witness cosigning key")
+    if args.require_witnesses < 0 or args.require_witnesses > len(witness_keys):
+        raise UsageError(
+            f"--require-witnesses {args.require_witnesses} needs at least that many "
+            f"--witness-vkey keys (got {len(witness_keys)})"
+        )
+    if not log_keys:
+        if ledger is None or ledger.config.log_vkey is None:
+            return None
+        log_keys = (VerifierKey.parse(ledger.config.log_vkey),)
+    return TrustPolicy(log_keys, witness_keys, args.require_witnesses)
+
+
+def _emit_json(obj: Any, out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+# -- commands ----------------------------------------------------------------------------
+def cmd_keys(args: argparse.Namespace) -> int:
+    store = key_store(args)
+    if args.keys_command == "generate":
+        vkey = store.generate(args.name, witness=args.witness)
+        print(f"created {'witness ' if args.witness else ''}key {args.name!r}", file=sys.stderr)
+        print(
+            f"  private key: {store.key_path(args.name)} (mode 0600, keep it secret)",
+            file=sys.stderr,
+        )
+        print("  verifier key (give this to auditors):", file=sys.stderr)
+        print(vkey)
+        return EXIT_OK
+    if args.keys_command == "show":
+        vkey = store.vkey(args.name)
+        if args.vkey:
+            print(vkey)
+        else:
+            kind = "witness cosigning" if vkey.key_type == KEY_TYPE_COSIGNATURE else "log signing"
+            print(f"name:         {vkey.name}")
+            print(f"type:         Ed25519 {kind} key")
+            print(f"key hash:     {vkey.key_hash.hex()}")
+            print(f"private file: {store.key_path(args.name)}")
+            print(f"verifier key: {vkey}")
+        return EXIT_OK
+    names = sorted(p.name[: -len(".key")] for p in store.directory.glob("*.key"))
+    from urllib.parse import unquote
+
+    for name in names:
+        print(unquote(name))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    signer = key_store(args).load(args.signing_key) if args.signing_key else None
+    options = {}
+    if args.replication_factor is not None:
+        options["replication.factor"] = str(args.replication_factor)
+    if args.min_insync_replicas is not None:
+        options["min.insync.replicas"] = str(args.min_insync_replicas)
+    backend = open_backend(args, create=True)
+    try:
+        ledger = Ledger.create(
+            backend,
+            args.ledger,
+            partitions=args.partitions,
+            origin=args.origin,
+            signer=signer,
+            options=options,
+        )
+        where = kafka_bootstrap(args) or str(data_dir(args))
+        print(f"created ledger {ledger.name!r} with {ledger.partitions} partition(s) in {where}")
+        if signer:
+            print(f"checkpoints signed by {signer.name}; verifier key:\n{signer.verifier}")
+        else:
+            print("no signing key: pass --signing-key NAME to 'checkpoint' to sign checkpoints")
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
+def cmd_ledgers(args: argparse.Namespace) -> int:
+    backend = open_backend(args)
+    try:
+        for name in backend.list_ledgers():
+            config = backend.ledger_config(name)
+            print(f"{name}\t{config.partitions} partition(s)\tkey {config.signing_key or '-'}")
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
+def _input_lines(args: argparse.Namespace) -> Iterator[bytes]:
+    if args.file is not None:
+        try:
+            handle = open(args.file, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from None
+    else:
+        handle = sys.stdin.buffer
+    try:
+        for raw in handle:
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if line:
+                yield line
+    finally:
+        if args.file is not None:
+            handle.close()
+
+
+def cmd_append(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    key = args.key.encode("utf-8") if args.key is not None else None
+    backend = open_backend(args)
+    total = 0
+    per_partition: dict[int, int] = {}
+    try:
+        ledger = open_ledger(args, backend)
+        batch: list[AppendItem] = []
+
+        def flush() -> None:
+            nonlocal total
+            if not batch:
+                return
+            receipts = ledger.append_many(batch, partition=args.partition)
+            total += len(receipts)
+            for receipt in receipts:
+                per_partition[receipt.partition] = per_partition.get(receipt.partition, 0) + 1
+                if args.json:
+                    _emit_receipt(receipt)
+            batch.clear()
+
+        for line in _input_lines(args):
+            batch.append(AppendItem(line, key, args.content_type))
+            if len(batch) >= args.batch_size:
+                flush()
+        flush()
+    finally:
+        backend.close()
+    if not args.json:
+        parts = ", ".join(f"partition {p}: {n}" for p, n in sorted(per_partition.items()))
+        print(
+            f"appended {total} entr{'y' if total == 1 else 'ies'} to {args.ledger}"
+            + (f" ({parts})" if parts else ""),
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _emit_receipt(receipt: Any) -> None:
+    print(
+        json.dumps(
+            {
+                "ledger": receipt.ledger,
+                "partition": receipt.partition,
+                "seq": receipt.seq,
+                "offset": receipt.offset,
+                "leaf_hash": receipt.leaf_hash.hex(),
+            }
+        )
+    )
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    backend = open_backend(args)
+    try:
+        ledger = Ledger(backend, args.ledger)
+        for entry in ledger.read(args.partition, args.start, args.end):
+            header = entry.header
+            if args.json:
+                payload = entry.payload
+                obj: dict[str, Any] = {
+                    "ledger": header.ledger,
+                    "partition": header.partition,
+                    "seq": header.seq,
+                    "timestamp_ms": header.timestamp_ms,
+                    "producer": header.producer,
+                    "content_type": header.content_type,
+                    "key": header.key.decode("utf-8", "replace") if header.key else None,
+                    "prev_hash": header.prev_hash.hex(),
+                    "payload_hash": header.payload_hash.hex(),
+                    "leaf_hash": entry.leaf_hash.hex(),
+                }
+                if payload is None:
+                    obj["payload"] = None
+                else:
+                    try:
+                        obj["payload"] = payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        obj["payload_base64"] = base64.b64encode(payload).decode()
+                print(json.dumps(obj))
+            else:
+                text = (
+                    "<payload absent>"
+                    if entry.payload is None
+                    else entry.payload.decode("utf-8", "backslashreplace")
+                )
+                print(f"{header.partition}:{header.seq}\t{text}")
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    backend = open_backend(args)
+    try:
+        ledger = open_ledger(args, backend, signing_key=args.signing_key)
+        if ledger.signer is None:
+            name = ledger.config.signing_key
+            raise ConfigError(
+                f"no signing key for ledger {args.ledger!r}: "
+                + (
+                    f"key {name!r} is not in {key_store(args).directory}"
+                    if name
+                    else "pass --signing-key NAME"
+                )
+            )
+        for note in ledger.checkpoint():
+            sys.stdout.write(note)
+            sys.stdout.write("\n")
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
+def _progress(total: int):
+    """A rich progress bar on a terminal, or nothing."""
+    if not sys.stderr.isatty() or total < 20_000:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=__import__("rich.console").console.Console(stderr=True),
+    )
+    task = progress.add_task("verifying", total=total)
+    done: dict[int, int] = {}
+
+    def update(partition: int, count: int) -> None:
+        done[partition] = count
+        progress.update(task, completed=sum(done.values()))
+
+    return progress, update
+
+
+def print_report(report: LedgerReport, out: TextIO = sys.stdout) -> None:
+    out.write(
+        f"ledger {report.ledger}: {len(report.partitions)} partition(s), "
+        f"{report.entries_checked} entries checked\n"
+    )
+    for part in report.partitions:
+        status = "ok" if part.ok else f"TAMPERED ({len(part.findings)} finding(s))"
+        cps = part.checkpoints_verified
+        out.write(
+            f"  partition {part.partition}: {status}; {part.entries_checked} entries, "
+            f"{cps} checkpoint(s) verified"
+            + (
+                f" (latest covers {part.latest_checkpoint_size})"
+                if part.latest_checkpoint_size is not None
+                else ""
+            )
+            + "\n"
+        )
+        for finding in part.findings:
+            out.write(f"    {finding}\n")
+        for warning in part.warnings:
+            out.write(f"    note: {warning}\n")
+    findings = len(report.findings)
+    out.write(
+        "result: OK, no tampering found\n"
+        if report.ok
+        else f"result: TAMPERING FOUND ({findings} finding(s))\n"
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    backend = open_backend(args)
+    try:
+        ledger = Ledger(backend, args.ledger)
+        trust = trust_policy(args, ledger)
+        if not args.json:
+            if not args.vkey and trust is not None:
+                print(
+                    "note: trusting the verifier key recorded at init; pass --vkey for an "
+                    "independent audit",
+                    file=sys.stderr,
+                )
+            elif trust is None:
+                print(
+                    "note: no verifier key: checking hash chains only, not signatures",
+                    file=sys.stderr,
+                )
+        parts = args.partition
+        total = sum(ledger.size(p) for p in (parts or range(ledger.partitions)))
+        progress, update = _progress(total)
+        if progress is not None:
+            with progress:
+                report = ledger.verify(trust, partitions=parts, progress=update)
+        else:
+            report = ledger.verify(trust, partitions=parts)
+    finally:
+        backend.close()
+    if args.json:
+        _emit_json(report.to_json())
+    else:
+        print_report(report)
+    return EXIT_OK if report.ok else EXIT_TAMPERED
+
+
+def _write_proof(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    if args.output is not None:
+        try:
+            args.output.write_text(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from None
+        print(f"proof written to {args.output}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(text)
+    elif args.output is None:
+        print(human)
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    backend = open_backend(args)
+    try:
+        ledger = Ledger(backend, args.ledger)
+        if args.proof_kind == "inclusion":
+            proof = ledger.prove_inclusion(args.partition, args.seq)
+            human = (
+                f"entry {proof.index} of {proof.ledger}/{proof.partition} is in the tree of "
+                f"{proof.tree_size} entries\nleaf hash {proof.leaf_hash.hex()}\nroot      "
+                f"{proof.root_hash.hex()}\npath:\n"
+                + "".join(f"  {h.hex()}\n" for h in proof.proof)
+                + "signed checkpoint:\n"
+                + proof.checkpoint
+            )
+        else:
+            proof = ledger.prove_consistency(args.partition, args.old_size, args.new_size)
+            human = (
+                f"the tree of {proof.new_size} entries of {proof.ledger}/{proof.partition} "
+                f"extends the tree of {proof.old_size}\nold root {proof.old_root.hex()}\n"
+                f"new root {proof.new_root.hex()}\npath:\n"
+                + "".join(f"  {h.hex()}\n" for h in proof.proof)
+            )
+        _write_proof(args, proof.to_json(), human)
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
+def cmd_proof_verify(args: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read proof file {args.file}: {exc}") from None
+    proof = load_proof(text)
+    trust = trust_policy(args)
+    assert trust is not None
+    try:
+        facts = proof.verify(list(trust.log_keys), trust.witness_keys, trust.required_witnesses)
+    except FormatError as exc:
+        # The file parsed, but a part it vouches with (checkpoint, entry) is malformed.
+        raise VerificationError(f"proof file {args.file}: {exc}") from None
+    for fact in facts:
+        print(f"  ✓ {fact}")
+    print("proof OK")
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "keys":
+        return cmd_keys(args)
+    if command == "init":
+        return cmd_init(args)
+    if command == "ledgers":
+        return cmd_ledgers(args)
+    if command == "append":
+        return cmd_append(args)
+    if command == "read":
+        return cmd_read(args)
+    if command == "checkpoint":
+        return cmd_checkpoint(args)
+    if command == "verify":
+        return cmd_verify(args)
+    if command == "prove":
+        return cmd_prove(args)
+    if command == "proof":
+        return cmd_proof_verify(args)
+    if command == "demo":
+        from streamledger.cli.demo import run_demo
+
+        return run_demo(args)
+    raise StreamledgerError(f"unknown command {command!r}")
+
+
+__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TAMPERED", "run"]
