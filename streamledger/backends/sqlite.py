@@ -78,7 +78,9 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as exc:
             raise BackendUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
         except OSError as exc:
-            raise BackendUnavailable(f"cannot create data directory {self.data_dir}: {exc}") from None
+            raise BackendUnavailable(
+                f"cannot create data directory {self.data_dir}: {exc}"
+            ) from None
         self._lock = threading.RLock()
         self._ids: dict[str, int] = {}
 
