@@ -198,6 +198,8 @@ def header_length(record: bytes) -> int:
         raise UnknownVersionError(
             f"entry format version {version} is not supported (this streamledger reads v{VERSION})"
         )
+    if not 1 <= ledger_len <= 249:
+        raise FormatError(f"entry header has a ledger id of {ledger_len} bytes (1-249 allowed)")
     pos = _PREFIX.size + ledger_len
     pos_producer = pos + _MIDDLE.size
     if size < pos_producer:
