@@ -38,7 +38,7 @@ from typing import Any
 
 from streamledger.core.checkpoint import Checkpoint, verify_checkpoint
 from streamledger.core.entry import ZERO_HASH, Entry, StoredRecord, decode_record
-from streamledger.core.merkle import CompactRange, inclusion_proof, verify_inclusion
+from streamledger.core.merkle import CompactRange
 from streamledger.core.note import VerifierKey
 from streamledger.errors import (
     FormatError,
@@ -48,9 +48,6 @@ from streamledger.errors import (
 )
 
 NodeGetter = Callable[[int, int], bytes]
-
-# Kinds that change the rebuilt tree, so later signed roots can no longer be compared.
-_DIVERGING = {"header_modified", "missing"}
 
 
 @dataclass(frozen=True)
@@ -186,6 +183,15 @@ class PartitionVerifier:
         self.checkpoints: list[_TrustedCheckpoint] = []
         self._cp_index = 0
         self._skipped_checkpoints = 0
+        # Other roots of forked sizes (already reported as checkpoint_fork): the log may match
+        # either side of a fork without a second finding.
+        self._fork_roots: dict[int, set[bytes]] = {}
+        # The tree before the last append (O(log n)): lets a finding put the genuine hash of
+        # the newest entry back, so later signed roots can still be compared.
+        self._prefix: CompactRange | None = None
+        # (checkpoint, signed tree, signed leaf, offset) when only the newest entry
+        # differs from a checkpoint: resolved by the next record (see _checkpoint_mismatch).
+        self._pending: tuple[_TrustedCheckpoint, CompactRange, bytes, int | None] | None = None
 
     # -- findings --------------------------------------------------------------------
     def _find(
@@ -194,8 +200,6 @@ class PartitionVerifier:
         self.report.findings.append(
             Finding(kind, self.ledger, self.partition, seq, offset, detail, evidence)
         )
-        if kind in _DIVERGING:
-            self.diverged = True
 
     # -- checkpoints -----------------------------------------------------------------
     def load_checkpoints(self, notes: Sequence[str]) -> None:
@@ -214,18 +218,21 @@ class PartitionVerifier:
                 continue
             except VerificationError as exc:
                 kind = "witness_shortfall" if "cosignature" in str(exc) else "untrusted_checkpoint"
-                self._find(kind, None, None, f"checkpoint #{number}: {exc}", note=note)
+                seq = _claimed_last_seq(note)
+                self._find(kind, seq, None, f"checkpoint #{number}: {exc}", note=note)
                 continue
             seen = by_size.get(cp.tree_size)
             if seen is not None and seen.root_hash != cp.root_hash:
-                self._find(
-                    "checkpoint_fork",
-                    None,
-                    None,
-                    f"two trusted checkpoints of size {cp.tree_size} with different roots",
-                    first=seen.note,
-                    second=note,
-                )
+                if cp.root_hash not in self._fork_roots.setdefault(cp.tree_size, set()):
+                    self._fork_roots[cp.tree_size].add(cp.root_hash)
+                    self._find(
+                        "checkpoint_fork",
+                        cp.tree_size - 1 if cp.tree_size else None,
+                        None,
+                        f"two trusted checkpoints of size {cp.tree_size} with different roots",
+                        first=seen.note,
+                        second=note,
+                    )
                 continue
             by_size[cp.tree_size] = _TrustedCheckpoint(cp.tree_size, cp.root_hash, note)
         self.checkpoints = [by_size[s] for s in sorted(by_size)]
@@ -245,7 +252,8 @@ class PartitionVerifier:
                 continue
             if cp.tree_size < size:  # cannot happen while not diverged; kept for safety
                 continue
-            if self.tree.root() == cp.root_hash:
+            root = self.tree.root()
+            if root == cp.root_hash or root in self._fork_roots.get(cp.tree_size, ()):
                 self.report.checkpoints_verified += 1
                 continue
             self._checkpoint_mismatch(cp)
@@ -253,27 +261,45 @@ class PartitionVerifier:
     def _checkpoint_mismatch(self, cp: _TrustedCheckpoint) -> None:
         size = cp.tree_size
         last_seq = size - 1
-        # Is only the newest entry different? Ask the store for its proof: the signed root
-        # decides; the store's hashes are only a hint of where to look.
-        if self.get_node is not None and size > 0:
-            try:
-                proof = inclusion_proof(last_seq, size, self.get_node)
-                stored_leaf = self.get_node(0, last_seq)
-                verify_inclusion(stored_leaf, last_seq, size, proof, cp.root_hash)
-            except StreamledgerError:
-                pass
-            else:
-                self._find(
-                    "header_modified",
-                    last_seq,
-                    self.prev_offset,
-                    f"header of entry seq {last_seq} was altered: its hash is not the one the "
-                    f"signed checkpoint of size {size} commits to",
-                )
+        # Is only the newest entry different? Our own rebuilt prefix plus the leaf the store
+        # says it holds must give the signed root: the signed root decides; the store's
+        # hash is only a hint of where to look.
+        prefix = self._prefix
+        stored_leaf = self._stored_leaf(last_seq) if size > 0 else None
+        if prefix is not None and prefix.size == last_seq and stored_leaf is not None:
+            probe = prefix.copy()
+            probe.append(stored_leaf)
+            if probe.root() == cp.root_hash:
+                # Only the newest entry differs. If its successor links to the signed
+                # version, that entry's header was altered; if the successor links to the
+                # altered one, history was rewritten from there on. Decide on the next record.
+                self._pending = (cp, probe, stored_leaf, self.prev_offset)
                 return
+        self._mismatch(cp)
+
+    def _resolve_pending(self, nxt: _Item | None) -> None:
+        assert self._pending is not None
+        cp, probe, signed_leaf, offset = self._pending
+        self._pending = None
+        if self._ours(nxt) and nxt.entry.header.prev_hash == self.prev_leaf:  # type: ignore[union-attr]
+            self._mismatch(cp)  # the chain goes on from the altered entry: a rewrite
+            return
+        last_seq = cp.tree_size - 1
+        self._find(
+            "header_modified",
+            last_seq,
+            offset,
+            f"header of entry seq {last_seq} was altered: its hash is not the one the "
+            f"signed checkpoint of size {cp.tree_size} commits to",
+        )
+        self.tree = probe  # continue with the signed history
+        self.prev_leaf = signed_leaf  # the successor links to the genuine entry
+
+    def _mismatch(self, cp: _TrustedCheckpoint) -> None:
+        size = cp.tree_size
         self._find(
             "checkpoint_mismatch",
-            last_seq,
+            size - 1,
             None,
             f"the tree rebuilt from the first {size} entries does not match the signed "
             f"checkpoint of size {size}: history was rewritten",
@@ -301,7 +327,12 @@ class PartitionVerifier:
             and item.entry.header.partition == self.partition
         )
 
-    def _accept(self, item: _Item, next_prev: bytes | None = None) -> None:
+    def _accept(self, item: _Item, leaf: bytes | None = None) -> None:
+        """Take ``item`` as entry ``item.seq``. ``leaf`` overrides its hash in the tree and
+        chain: the genuine hash of an entry whose header was altered, as its successor
+        vouches for it."""
+        if self._pending is not None:  # two entries accepted for one record (reordered)
+            self._resolve_pending(item)
         entry = item.entry
         assert entry is not None
         header = entry.header
@@ -319,13 +350,52 @@ class PartitionVerifier:
                 item.offset,
                 "payload does not match the SHA-256 committed in its header",
             )
-        self.tree.append(item.leaf)
+        leaf = item.leaf if leaf is None else leaf
+        self._append_leaf(leaf)
         self.report.entries_checked += 1
         self.expected = header.seq + 1
-        self.prev_leaf = item.leaf if next_prev is None else next_prev
+        self.prev_leaf = leaf
         self.prev_offset = item.offset
         if self._cp_index < len(self.checkpoints):
             self._check_checkpoints()
+
+    def _append_leaf(self, leaf: bytes) -> None:
+        self._prefix = self.tree.copy()
+        self.tree.append(leaf)
+
+    def _replace_last_leaf(self, leaf: bytes) -> None:
+        """Put the genuine hash of the newest entry back into the tree (see ``_prefix``)."""
+        prefix = self._prefix
+        if prefix is None or prefix.size != self.tree.size - 1:
+            self.diverged = True
+            return
+        self.tree = prefix.copy()
+        self.tree.append(leaf)
+
+    def _take_slot(self, item: _Item, nxt: _Item | None) -> None:
+        """A bad record (malformed, unknown version, foreign) took the place of entry
+        ``expected``: skip that sequence number so the rest of the log is checked normally.
+        The replaced entry's hash is known from its successor's ``prev_hash`` (or, at the end
+        of the log, from the store's hint); without it the tree can no longer be compared."""
+        seq = self.expected
+        leaf = nxt.entry.header.prev_hash if nxt is not None else self._stored_leaf(seq)  # type: ignore[union-attr]
+        self.expected = seq + 1
+        self.prev_offset = item.offset
+        if leaf is None:
+            self.diverged = True
+            return
+        self.prev_leaf = leaf
+        self._append_leaf(leaf)
+        if self._cp_index < len(self.checkpoints):
+            self._check_checkpoints()
+
+    def _replaces_slot(self, nxt: _Item | None) -> bool:
+        """Does the record after a bad one continue the log one seq later?"""
+        if nxt is None:
+            # End of the log: the bad record replaced an entry if a signed checkpoint says
+            # the log had one there.
+            return any(cp.tree_size > self.expected for cp in self.checkpoints[self._cp_index :])
+        return self._ours(nxt) and nxt.entry.header.seq == self.expected + 1  # type: ignore[union-attr]
 
     def _stored_leaf(self, seq: int) -> bytes | None:
         if self.get_node is None:
@@ -346,6 +416,8 @@ class PartitionVerifier:
                 if record is None:
                     break
                 buf.append(_Item(record))
+            if self._pending is not None:
+                self._resolve_pending(buf[0] if buf else None)
             if not buf:
                 break
             cur = buf.popleft()
@@ -365,7 +437,13 @@ class PartitionVerifier:
         if nxt.leaf == cur.leaf:
             return False  # a plain duplicate: the next record will be reported
         after = buf[1] if len(buf) > 1 else None
-        if self._ours(after) and after.entry.header.prev_hash == nxt.leaf:  # type: ignore[union-attr]
+        seq = cur.entry.header.seq  # type: ignore[union-attr]
+        vouched = self._ours(after) and after.entry.header.prev_hash == nxt.leaf  # type: ignore[union-attr]
+        if not vouched and not self._ours(after):
+            # nxt is the last entry: nobody vouches for either; the store's hint says which.
+            stored = self._stored_leaf(seq)
+            vouched = stored is not None and stored == nxt.leaf and stored != cur.leaf
+        if vouched:
             self._find(
                 "inserted",
                 cur.entry.header.seq,  # type: ignore[union-attr]
@@ -377,9 +455,12 @@ class PartitionVerifier:
 
     def _misfit(self, cur: _Item, buf: deque[_Item]) -> None:
         expected = self.expected
+        nxt = buf[0] if buf else None
         if cur.error is not None:
             kind = "unknown_version" if isinstance(cur.error, UnknownVersionError) else "malformed"
             self._find(kind, expected, cur.offset, f"record is not a valid entry: {cur.error}")
+            if self._replaces_slot(nxt):
+                self._take_slot(cur, nxt)
             return
         entry = cur.entry
         assert entry is not None
@@ -392,19 +473,12 @@ class PartitionVerifier:
                 f"entry of ledger {header.ledger!r} partition {header.partition} seq "
                 f"{header.seq} found in this log",
             )
+            if self._replaces_slot(nxt):
+                self._take_slot(cur, nxt)
             return
         seq = header.seq
         if seq == expected - 1 and cur.leaf == self.prev_leaf:
             self._find("duplicate", seq, cur.offset, "the same entry is stored twice")
-            return
-        nxt = buf[0] if buf else None
-        if nxt is not None and self._fits(nxt):
-            self._find(
-                "inserted",
-                expected,
-                cur.offset,
-                f"an entry (claiming seq {seq}) that does not belong in the chain was inserted",
-            )
             return
         if (
             seq == expected + 1
@@ -423,10 +497,34 @@ class PartitionVerifier:
             self._accept(nxt)  # type: ignore[arg-type]
             self._accept(cur)
             return
+        if seq < expected and self._stored_leaf(seq) == cur.leaf:
+            self._find("duplicate", seq, cur.offset, f"entry seq {seq} is stored again here")
+            return
+        if nxt is not None and self._fits(nxt):
+            self._find(
+                "inserted",
+                expected,
+                cur.offset,
+                f"an entry (claiming seq {seq}) that does not belong in the chain was inserted",
+            )
+            return
         if seq == expected:
             self._broken_link(cur, nxt)
             return
         if seq > expected:
+            vouched = self._ours(nxt) and nxt.entry.header.prev_hash == cur.leaf  # type: ignore[union-attr]
+            if not vouched and expected > 0 and self._stored_leaf(expected - 1) == self.prev_leaf:
+                stored = self._stored_leaf(seq)
+                if stored != cur.leaf:
+                    # The store never held this entry at that seq: a forgery, not a gap.
+                    self._find(
+                        "inserted",
+                        expected,
+                        cur.offset,
+                        f"an entry claiming seq {seq} that the log never held was inserted "
+                        f"after seq {expected - 1}",
+                    )
+                    return
             count = seq - expected
             self._find(
                 "missing",
@@ -435,6 +533,13 @@ class PartitionVerifier:
                 f"{count} entr{'y' if count == 1 else 'ies'} (seq {expected}"
                 f"{'' if count == 1 else f'..{seq - 1}'}) deleted before seq {seq}",
             )
+            if count == 1:
+                # cur's prev_hash is the deleted entry's hash: the tree stays comparable.
+                self._append_leaf(header.prev_hash)
+                if self._cp_index < len(self.checkpoints):
+                    self._check_checkpoints()
+            else:
+                self.diverged = True
             self._accept(cur)
             return
         # seq < expected: a replay of an older entry, or a forgery claiming an old seq.
@@ -444,7 +549,7 @@ class PartitionVerifier:
         else:
             self._find(
                 "inserted",
-                seq,
+                expected,
                 cur.offset,
                 f"an entry claiming old seq {seq} was inserted after seq {expected - 1}",
             )
@@ -472,6 +577,8 @@ class PartitionVerifier:
                 f"header of entry seq {expected - 1} was altered: entry seq {expected} "
                 "points to a different hash",
             )
+            self._replace_last_leaf(cur.entry.header.prev_hash)  # type: ignore[union-attr]
+            self.prev_leaf = cur.entry.header.prev_hash  # type: ignore[union-attr]
             self._accept(cur)
         else:
             self._find(
@@ -483,17 +590,27 @@ class PartitionVerifier:
                 if expected
                 else "header of entry seq 0 was altered",
             )
-            next_prev = (
-                nxt.entry.header.prev_hash if nxt_links_cur is False and self._ours(nxt) else None
-            )  # type: ignore[union-attr]
-            self._accept(cur, next_prev=next_prev)
+            genuine = None
+            if self._ours(nxt) and nxt.entry.header.seq == expected + 1:  # type: ignore[union-attr]
+                genuine = nxt.entry.header.prev_hash  # type: ignore[union-attr]
+            else:
+                genuine = self._stored_leaf(expected)
+            if genuine is None:
+                self.diverged = True  # the genuine hash is unknown: later roots differ
+            self._accept(cur, leaf=genuine)
 
     def finish(self) -> PartitionReport:
+        if self._pending is not None:
+            self._resolve_pending(None)
         report = self.report
         size = self.tree.size
         report.tree_size = size
         report.root_hash = self.tree.root().hex()
         remaining = self.checkpoints[self._cp_index :]
+        # Checkpoints the log reaches but that could not be compared (diverged tree).
+        reached = [cp for cp in remaining if cp.tree_size <= self.expected]
+        self._skipped_checkpoints += len(reached)
+        remaining = remaining[len(reached) :]
         if remaining:
             largest = remaining[-1]
             self._find(
@@ -501,7 +618,7 @@ class PartitionVerifier:
                 self.expected,
                 None,
                 f"a signed checkpoint vouches for {largest.tree_size} entries, the log "
-                f"holds {size}: entries after seq {self.expected - 1} were removed",
+                f"holds {self.expected}: entries from seq {self.expected} on were removed",
                 checkpoint=largest.note,
             )
         if self._skipped_checkpoints:
@@ -521,6 +638,15 @@ class PartitionVerifier:
                 "checkpoint are protected by the hash chain only"
             )
         return report
+
+
+def _claimed_last_seq(note: str) -> int | None:
+    """The last seq an (unverified) checkpoint note claims to cover, for reporting only."""
+    try:
+        size = Checkpoint.parse(note.split("\n\n", 1)[0] + "\n").tree_size
+    except (FormatError, ValueError, IndexError):
+        return None
+    return size - 1 if size else None
 
 
 def verify_partition(
