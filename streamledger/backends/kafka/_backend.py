@@ -1,0 +1,953 @@
+"""Ledgers on Apache Kafka: one topic per ledger, one chain and Merkle tree per partition.
+
+Topic layout (``L`` = ledger name):
+
+=============================  =============================================================
+``L``                          the entries; partition p is log p; retention forever
+``L.checkpoints``              compacted, key = partition number: the latest signed checkpoint
+``L.checkpoint-history``       every signed checkpoint of partition p, in partition p, forever
+``__streamledger_ledgers``     compacted, key = ledger name, value = the ledger's JSON config
+=============================  =============================================================
+
+Writing: one transactional producer per ledger (``transactional.id`` defaults to
+``streamledger-<ledger>``). ``init_transactions`` fences every older producer with the same
+id and completes or aborts its open transaction; only then does the backend read each
+partition's head from the committed tail of the topic, so two writers can never both extend
+one chain. An append is one Kafka transaction over all its partitions.
+
+Sequence numbers live in the entries: Kafka offsets skip (transaction markers, aborted
+records), and nothing here assumes ``offset == seq``.
+
+Reading: read_committed consumers. Merkle nodes and a seq -> offset index live in a local
+SQLite cache per ledger (:mod:`._cache`), rebuilt from the topic when missing or behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
+from streamledger.backends.kafka._admin import (
+    DEFAULT_TRANSACTIONAL_ID,
+    FENCED_CODES,
+    REGISTRY_TOPIC,
+    check_ledger_name,
+    checkpoints_topic,
+    client_config,
+    describe,
+    history_topic,
+    kafka_error,
+    log,
+    safe_dirname,
+    topic_settings,
+    transactional_id_for,
+    unavailable,
+)
+from streamledger.backends.kafka._cache import CacheUpdate, Frontier, NodeCache
+from streamledger.core.entry import ZERO_HASH, StoredRecord, decode_record, header_length
+from streamledger.core.merkle import CompactRange
+from streamledger.errors import (
+    BackendUnavailable,
+    ConfigError,
+    FormatError,
+    StreamledgerError,
+    WriteConflict,
+)
+
+_FETCH_BATCH = 10_000
+_CACHE_FLUSH = 50_000
+_READER_GROUP = "streamledger-reader"  # assign() only: never joins, never commits
+
+
+def _leaf_of(record: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + record[: header_length(record)]).digest()
+
+
+@dataclass
+class _Writer:
+    producer: Producer
+    transactional_id: str
+    synced: set[int] = field(default_factory=set)
+    deliveries: list[tuple[int, int, KafkaError | None]] = field(default_factory=list)
+
+
+class _CommitUnknown(Exception):
+    pass
+
+
+class KafkaBackend:
+    """Ledgers stored in a Kafka cluster (see the module docstring for the layout).
+
+    ``config`` is passed through to every librdkafka client (``security.protocol``,
+    ``sasl.*``, ``ssl.*``, ...). ``state_dir`` holds the node cache (default
+    ``~/.cache/streamledger/kafka/<cluster id>/``). ``transactional_id`` is a template with
+    the placeholders ``{ledger}`` and ``{host}`` (default ``streamledger-{ledger}``: every
+    writer of a ledger fences the previous one, wherever it runs). ``timeout`` bounds every
+    broker round trip: an unreachable cluster raises ``BackendUnavailable`` instead of hanging.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        state_dir: str | Path | None = None,
+        transactional_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if not bootstrap_servers or not isinstance(bootstrap_servers, str):
+            raise ConfigError(
+                "no Kafka bootstrap servers given: pass --bootstrap-servers HOST:PORT or set "
+                "STREAMLEDGER_KAFKA"
+            )
+        user = {str(k): v if callable(v) else str(v) for k, v in (config or {}).items()}
+        if "transactional.id" in user:
+            raise ConfigError("set the transactional id with transactional_id=, not in config")
+        self.bootstrap = bootstrap_servers
+        self.timeout = float(timeout)
+        self._user = user
+        self._tid_template = transactional_id or DEFAULT_TRANSACTIONAL_ID
+        self._last_error = ""
+        self._lock = threading.RLock()
+        self._writers: dict[str, _Writer] = {}
+        self._fenced: dict[str, str] = {}
+        self._caches: dict[str, NodeCache] = {}
+        self._validated: set[tuple[str, int]] = set()
+        self._topic_ids: dict[str, str] = {}
+        self._registry: dict[str, LedgerConfig] = {}
+        self._registry_next = 0
+        self._cp_cache: dict[tuple[str, int], tuple[int, list[str]]] = {}
+        self._plain: Producer | None = None
+        self._reader_consumer: Consumer | None = None
+        self._closed = False
+        ms = str(int(self.timeout * 1000))
+        try:
+            self._admin = AdminClient(
+                client_config(
+                    self.bootstrap,
+                    user,
+                    self._on_error,
+                    **{"socket.connection.setup.timeout.ms": ms},
+                )
+            )
+        except KafkaException as exc:
+            raise ConfigError(f"invalid Kafka client settings: {describe(exc)}") from None
+        info = self._wait("connect", self._admin.describe_cluster(request_timeout=self.timeout))
+        self.cluster_id: str = info.cluster_id or safe_dirname(self.bootstrap)
+        self.brokers = max(1, len(info.nodes or ()))
+        if state_dir is None:
+            state_dir = (
+                Path.home() / ".cache" / "streamledger" / "kafka" / safe_dirname(self.cluster_id)
+            )
+        self.state_dir = Path(state_dir)
+
+    def __repr__(self) -> str:
+        return f"KafkaBackend({self.bootstrap!r}, cluster={self.cluster_id!r})"
+
+    def __enter__(self) -> KafkaBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        self._last_error = f"{err.str()} ({err.name()})"
+        log.debug("kafka client error: %s", self._last_error)
+
+    def _fail(self, what: str, exc: BaseException | str) -> Exception:
+        return unavailable(self.bootstrap, what, exc, self._last_error)
+
+    def _wait(self, what: str, future: Any) -> Any:
+        try:
+            return future.result(timeout=self.timeout + 1)
+        except KafkaException as exc:
+            raise self._fail(what, exc) from None
+        except TimeoutError:
+            raise self._fail(what, f"no answer within {self.timeout:g}s") from None
+
+    def _consumer(self) -> Consumer:
+        conf = client_config(
+            self.bootstrap,
+            self._user,
+            self._on_error,
+            **{
+                "group.id": _READER_GROUP,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "queued.min.messages": 200_000,
+                "fetch.wait.max.ms": 20,
+                "socket.connection.setup.timeout.ms": str(int(self.timeout * 1000)),
+            },
+        )
+        conf.update(
+            {
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            return Consumer(conf)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid Kafka client settings: {describe(exc)}") from None
+
+    def _reader(self) -> Consumer:
+        if self._reader_consumer is None:
+            self._reader_consumer = self._consumer()
+        return self._reader_consumer
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """(low watermark, last stable offset) of a partition, asked from the broker."""
+        with self._lock:
+            try:
+                low, high = self._reader().get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self.timeout, cached=False
+                )
+            except KafkaException as exc:
+                raise self._fail(f"reading the end of {topic}[{partition}]", exc) from None
+        return low, high
+
+    def _fetch(
+        self, consumer: Consumer, topic: str, partition: int, start: int, stop: int
+    ) -> Iterator[list[Message]]:
+        """Batches of committed messages with ``start <= offset < stop``, in order."""
+        if start >= stop:
+            return
+        consumer.assign([TopicPartition(topic, partition, start)])
+        try:
+            yield from self._fetch_assigned(consumer, topic, partition, start, stop)
+        finally:
+            # an idle assignment keeps a long-poll Fetch in flight, which would delay
+            # every later request (watermarks) on the same broker connection
+            with contextlib.suppress(KafkaException, RuntimeError):
+                consumer.unassign()
+
+    def _fetch_assigned(
+        self, consumer: Consumer, topic: str, partition: int, start: int, stop: int
+    ) -> Iterator[list[Message]]:
+        deadline = time.monotonic() + self.timeout
+        position = start
+        while True:
+            msgs = consumer.consume(_FETCH_BATCH, 0.02)
+            if not msgs:
+                if time.monotonic() > deadline:
+                    raise self._fail(
+                        f"reading {topic}[{partition}] offsets {position}..{stop - 1}",
+                        f"no progress for {self.timeout:g}s",
+                    )
+                continue
+            deadline = time.monotonic() + self.timeout
+            out = msgs
+            done = False
+            last = msgs[-1]
+            if last.error() is not None or last.offset() >= stop - 1:
+                out = []
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            break
+                        raise self._fail(f"reading {topic}[{partition}]", KafkaException(err))
+                    if m.offset() >= stop:
+                        done = True
+                        break
+                    out.append(m)
+                    if m.offset() == stop - 1:
+                        done = True
+                        break
+            if out:
+                position = out[-1].offset() + 1
+                yield out
+            if done:
+                return
+
+    # -- ledgers -----------------------------------------------------------------------
+    def _topic_exists(self, topic: str) -> bool:
+        try:
+            md = self._admin.list_topics(topic=topic, timeout=self.timeout)
+        except KafkaException as exc:
+            raise self._fail(f"looking up topic {topic}", exc) from None
+        tmd = md.topics.get(topic)
+        return tmd is not None and tmd.error is None
+
+    def _load_registry(self) -> dict[str, LedgerConfig]:
+        with self._lock:
+            if self._registry_next == 0 and not self._topic_exists(REGISTRY_TOPIC):
+                return self._registry
+            _, end = self._watermarks(REGISTRY_TOPIC, 0)
+            for batch in self._fetch(self._reader(), REGISTRY_TOPIC, 0, self._registry_next, end):
+                for m in batch:
+                    key = m.key()
+                    if key is None:
+                        continue
+                    name = key.decode("utf-8", "replace")
+                    value = m.value()
+                    if value is None:
+                        self._registry.pop(name, None)
+                        continue
+                    try:
+                        self._registry[name] = _config_from_json(value)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("ignoring damaged config of ledger %r: %s", name, exc)
+            self._registry_next = max(self._registry_next, end)
+            return self._registry
+
+    def list_ledgers(self) -> list[str]:
+        return sorted(self._load_registry())
+
+    def ledger_config(self, ledger: str) -> LedgerConfig:
+        config = self._registry.get(ledger)
+        if config is None:
+            config = self._load_registry().get(ledger)
+        if config is None:
+            known = ", ".join(sorted(self._registry)) or "none"
+            raise ConfigError(
+                f"no ledger named {ledger!r} in Kafka cluster {self.bootstrap} (ledgers: {known})"
+            )
+        return config
+
+    def create_ledger(self, config: LedgerConfig) -> None:
+        check_ledger_name(config.name)
+        if config.name in self._load_registry():
+            raise ConfigError(f"ledger {config.name!r} already exists in {self.bootstrap}")
+        rf, topic_conf = topic_settings(config.options, self.brokers)
+        compacted = {
+            "cleanup.policy": "compact",
+            "min.insync.replicas": topic_conf["min.insync.replicas"],
+        }
+        history = {**topic_conf, "retention.ms": "-1", "retention.bytes": "-1"}
+        registry_rf = max(1, min(3, self.brokers))
+        self._create_topics(
+            [NewTopic(REGISTRY_TOPIC, 1, registry_rf, config=dict(compacted))], exist_ok=True
+        )
+        self._create_topics(
+            [
+                NewTopic(config.name, config.partitions, rf, config=topic_conf),
+                NewTopic(checkpoints_topic(config.name), config.partitions, rf, config=compacted),
+                NewTopic(history_topic(config.name), config.partitions, rf, config=history),
+            ],
+            exist_ok=False,
+        )
+        value = json.dumps(
+            {
+                "name": config.name,
+                "partitions": config.partitions,
+                "origin": config.origin,
+                "signing_key": config.signing_key,
+                "log_vkey": config.log_vkey,
+                "options": config.options,
+            },
+            sort_keys=True,
+        ).encode()
+        self._produce_sync("registering the ledger", [(REGISTRY_TOPIC, 0, config.name, value)])
+        self._registry[config.name] = config
+
+    def _create_topics(self, topics: list[NewTopic], *, exist_ok: bool) -> None:
+        futures = self._admin.create_topics(
+            topics, operation_timeout=self.timeout, request_timeout=self.timeout
+        )
+        for topic in topics:
+            name = topic.topic
+            try:
+                futures[name].result(timeout=self.timeout + 1)
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    if exist_ok or self._adoptable(name, topic.num_partitions):
+                        continue
+                    raise ConfigError(
+                        f"topic {name!r} already exists in {self.bootstrap} and is not an "
+                        "empty streamledger topic: choose another ledger name"
+                    ) from None
+                if err is not None and err.code() in (
+                    KafkaError.INVALID_REPLICATION_FACTOR,
+                    KafkaError.INVALID_CONFIG,
+                    KafkaError.POLICY_VIOLATION,
+                ):
+                    raise ConfigError(f"cannot create topic {name!r}: {describe(exc)}") from None
+                raise self._fail(f"creating topic {name}", exc) from None
+            except TimeoutError:
+                raise self._fail(f"creating topic {name}", "no answer") from None
+
+    def _adoptable(self, topic: str, partitions: int) -> bool:
+        """An existing topic is ours to reuse if a create was interrupted: same partition
+        count, no ledger registered under that name, and nothing in it."""
+        md = self._admin.list_topics(topic=topic, timeout=self.timeout).topics.get(topic)
+        if md is None or md.error is not None or len(md.partitions) != partitions:
+            return False
+        return all(self._watermarks(topic, p)[1] == 0 for p in range(partitions))
+
+    def _check_partition(self, ledger: str, partition: int) -> LedgerConfig:
+        config = self.ledger_config(ledger)
+        if not 0 <= partition < config.partitions:
+            raise ConfigError(
+                f"ledger {ledger!r} has partitions 0..{config.partitions - 1}, not {partition}"
+            )
+        return config
+
+    # -- cache -------------------------------------------------------------------------
+    def _topic_id(self, topic: str) -> str:
+        tid = self._topic_ids.get(topic)
+        if tid is None:
+            from confluent_kafka import TopicCollection
+
+            futures = self._admin.describe_topics(
+                TopicCollection([topic]), request_timeout=self.timeout
+            )
+            desc = self._wait(f"describing topic {topic}", futures[topic])
+            tid = self._topic_ids[topic] = str(desc.topic_id)
+        return tid
+
+    def _cache(self, ledger: str) -> NodeCache:
+        cache = self._caches.get(ledger)
+        if cache is None:
+            with self._lock:
+                cache = self._caches.get(ledger)
+                if cache is not None:
+                    return cache
+                self.ledger_config(ledger)
+                cache = NodeCache(self.state_dir / f"{ledger}.sqlite")
+                topic_id = self._topic_id(ledger)
+                if cache.meta("topic_id") != topic_id:
+                    # a fresh cache, or the topic was deleted and created again
+                    cache.reset()
+                    cache.set_meta("topic_id", topic_id)
+                    cache.set_meta("bootstrap", self.bootstrap)
+                self._caches[ledger] = cache
+        return cache
+
+    def _validate(self, ledger: str, partition: int, front: Frontier, low: int, lso: int):
+        """Is the cached frontier still what the topic holds? Else forget it."""
+        cache = self._cache(ledger)
+        ok = front.next_offset <= lso
+        if ok and front.size:
+            ok = False
+            last = front.last_offset
+            if last is not None and last >= low:
+                for batch in self._fetch(self._reader(), ledger, partition, last, last + 1):
+                    m = batch[0]
+                    try:
+                        ok = m.offset() == last and _leaf_of(m.value() or b"") == front.last_leaf
+                    except FormatError:
+                        ok = False
+                    break
+        if not ok:
+            log.warning(
+                "node cache of %s[%d] in %s does not match the topic: rebuilding it",
+                ledger,
+                partition,
+                cache.path,
+            )
+            cache.reset(partition)
+            return Frontier()
+        return front
+
+    def _sync(self, ledger: str, partition: int) -> Frontier:
+        """Bring the cache of one partition up to the topic's committed end."""
+        with self._lock:
+            cache = self._cache(ledger)
+            low, lso = self._watermarks(ledger, partition)
+            front = cache.frontier(partition)
+            if (ledger, partition) not in self._validated:
+                front = self._validate(ledger, partition, front, low, lso)
+                self._validated.add((ledger, partition))
+            if front.next_offset >= lso:
+                return front
+            try:
+                return self._follow(ledger, partition, cache, front, low, lso)
+            except _CacheGap:
+                cache.reset(partition)
+                return self._follow(ledger, partition, cache, Frontier(), low, lso)
+
+    def _follow(
+        self, ledger: str, partition: int, cache: NodeCache, front: Frontier, low: int, lso: int
+    ) -> Frontier:
+        def cached(level: int, index: int) -> bytes:
+            h = cache.get_node(partition, level, index)
+            if h is None:
+                raise _CacheGap
+            return h
+
+        tree = CompactRange.from_nodes(front.size, cached)
+        start = max(front.next_offset, low)
+        expected, prev = front.size, front.last_leaf or ZERO_HASH
+        last_offset = front.last_offset
+        first_seq, offsets, nodes = expected, [], []
+        for batch in self._fetch(self._reader(), ledger, partition, start, lso):
+            for m in batch:
+                value = m.value()
+                if value is None:
+                    continue
+                try:
+                    entry = decode_record(value)
+                except FormatError:
+                    continue
+                h = entry.header
+                if h.ledger != ledger or h.partition != partition:
+                    continue
+                if h.seq != expected or h.prev_hash != prev:
+                    if expected == 0 and h.seq > 0 and low > 0 and start == low:
+                        raise BackendUnavailable(
+                            f"ledger {ledger!r} partition {partition}: the topic now starts at "
+                            f"offset {low} with entry seq {h.seq}; the entries before it were "
+                            "deleted (DeleteRecords or retention), so the Merkle tree cannot be "
+                            "rebuilt from Kafka. Run 'streamledger verify' to see the damage, "
+                            "or use the state_dir that still holds this ledger's node cache."
+                        )
+                    continue
+                leaf = hashlib.sha256(b"\x00" + entry.header_bytes).digest()
+                nodes.extend(tree.append(leaf))
+                last_offset = m.offset()
+                offsets.append(last_offset)
+                expected += 1
+                prev = leaf
+            if len(offsets) >= _CACHE_FLUSH:
+                front = Frontier(last_offset + 1, expected, prev, last_offset)  # type: ignore[operator]
+                cache.apply([CacheUpdate(partition, first_seq, offsets, nodes, front)])
+                first_seq, offsets, nodes = expected, [], []
+        front = Frontier(lso, expected, prev if expected else None, last_offset)
+        cache.apply([CacheUpdate(partition, first_seq, offsets, nodes, front)])
+        return front
+
+    # -- partitions --------------------------------------------------------------------
+    def head(self, ledger: str, partition: int) -> PartitionHead:
+        self._check_partition(ledger, partition)
+        front = self._sync(ledger, partition)
+        return PartitionHead(front.size, front.last_leaf if front.size else None)
+
+    def _writer(self, ledger: str) -> _Writer:
+        fenced = self._fenced.get(ledger)
+        if fenced is not None:
+            raise WriteConflict(fenced)
+        writer = self._writers.get(ledger)
+        if writer is not None:
+            return writer
+        tid = transactional_id_for(self._tid_template, ledger)
+        for other, w in self._writers.items():
+            if w.transactional_id == tid:
+                raise ConfigError(
+                    f"transactional id {tid!r} is already used for ledger {other!r}: "
+                    "use a template with {ledger} to write several ledgers"
+                )
+        deliveries: list[tuple[int, int, KafkaError | None]] = []
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            deliveries.append((msg.partition(), msg.offset(), err))
+
+        tx_ms = int(max(60.0, self.timeout * 3) * 1000)
+        conf = client_config(
+            self.bootstrap,
+            self._user,
+            self._on_error,
+            **{
+                "linger.ms": 5,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "transaction.timeout.ms": tx_ms,
+                "message.timeout.ms": tx_ms,
+                "socket.connection.setup.timeout.ms": str(int(self.timeout * 1000)),
+            },
+        )
+        conf.update(
+            {
+                "transactional.id": tid,
+                "enable.idempotence": True,
+                "acks": "all",
+                "on_delivery": on_delivery,
+            }
+        )
+        try:
+            producer = Producer(conf)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid Kafka producer settings: {describe(exc)}") from None
+        try:
+            # Fences every older producer with this id; completes or aborts its open
+            # transaction before returning, so the heads read after this are final.
+            producer.init_transactions(self.timeout)
+        except KafkaException as exc:
+            raise self._fail(f"starting the transactional writer {tid!r}", exc) from None
+        writer = self._writers[ledger] = _Writer(producer, tid, deliveries=deliveries)
+        return writer
+
+    def _drop_writer(self, ledger: str) -> None:
+        writer = self._writers.pop(ledger, None)
+        if writer is not None:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                writer.producer.purge()
+
+    def append(self, ledger: str, batches: Mapping[int, AppendBatch]) -> dict[int, list[int]]:
+        config = self.ledger_config(ledger)
+        for partition in batches:
+            if not 0 <= partition < config.partitions:
+                raise ConfigError(
+                    f"ledger {ledger!r} has partitions 0..{config.partitions - 1}, not {partition}"
+                )
+        batches = {p: b for p, b in batches.items() if b.records}
+        if not batches:
+            return {}
+        with self._lock:
+            writer = self._writer(ledger)
+            cache = self._cache(ledger)
+            for partition, batch in batches.items():
+                if partition not in writer.synced:
+                    front = self._sync(ledger, partition)
+                    writer.synced.add(partition)
+                else:
+                    front = cache.frontier(partition)
+                if front.size != batch.first_seq:
+                    raise WriteConflict(
+                        f"ledger {ledger!r} partition {partition} has {front.size} entries, but "
+                        f"the batch starts at seq {batch.first_seq}: another writer appended "
+                        "meanwhile"
+                    )
+            offsets = self._transact(ledger, writer, batches)
+            updates = []
+            for partition, batch in batches.items():
+                offs = offsets[partition]
+                size = batch.first_seq + len(batch.records)
+                front = Frontier(offs[-1] + 1, size, _leaf_of(batch.records[-1]), offs[-1])
+                updates.append(
+                    CacheUpdate(partition, batch.first_seq, offs, list(batch.nodes), front)
+                )
+            cache.apply(updates)
+            return offsets
+
+    def _transact(
+        self, ledger: str, writer: _Writer, batches: Mapping[int, AppendBatch]
+    ) -> dict[int, list[int]]:
+        producer = writer.producer
+        deliveries = writer.deliveries
+        deliveries.clear()
+        produce, poll = producer.produce, producer.poll
+        try:
+            producer.begin_transaction()
+            for partition, batch in batches.items():
+                for record, key in zip(batch.records, batch.keys, strict=True):
+                    try:
+                        produce(ledger, record, key, partition)
+                    except BufferError:
+                        while True:
+                            poll(0.05)
+                            try:
+                                produce(ledger, record, key, partition)
+                                break
+                            except BufferError:
+                                continue
+            remaining = producer.flush(self.timeout)
+            if remaining:
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError._TIMED_OUT,
+                        f"{remaining} records not acknowledged within {self.timeout:g}s",
+                        txn_requires_abort=True,
+                    )
+                )
+            for _, _, err in deliveries:
+                if err is not None:
+                    raise KafkaException(err)
+            self._commit(producer)
+        except _CommitUnknown as exc:
+            self._drop_writer(ledger)
+            raise self._fail(
+                f"committing an append to ledger {ledger!r}",
+                f"{exc}; the outcome is unknown: the next append re-reads the heads from Kafka",
+            ) from None
+        except KafkaException as exc:
+            self._transaction_failed(ledger, writer, exc)
+        offsets: dict[int, list[int]] = {p: [] for p in batches}
+        for partition, offset, _ in deliveries:
+            offsets[partition].append(offset)
+        for partition, batch in batches.items():
+            if len(offsets[partition]) != len(batch.records):
+                self._drop_writer(ledger)
+                raise BackendUnavailable(
+                    f"ledger {ledger!r} partition {partition}: {len(offsets[partition])} "
+                    f"delivery reports for {len(batch.records)} records"
+                )
+        return offsets
+
+    def _commit(self, producer: Producer) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                producer.commit_transaction(max(0.1, deadline - time.monotonic()))
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is None or err.fatal() or err.txn_requires_abort():
+                    raise
+                if err.retriable() and time.monotonic() < deadline:
+                    continue
+                raise _CommitUnknown(describe(exc)) from None
+
+    def _transaction_failed(self, ledger: str, writer: _Writer, exc: KafkaException):
+        err = kafka_error(exc)
+        tid = writer.transactional_id
+        text = describe(exc)
+        if err is not None and (
+            err.code() in FENCED_CODES or err.fatal() or err.code() == KafkaError._FATAL
+        ):
+            self._drop_writer(ledger)
+            if err.code() in FENCED_CODES or "fenced" in text.lower():
+                message = (
+                    f"ledger {ledger!r}: another writer took over (transactional.id {tid!r}) "
+                    f"and fenced this one; nothing of this append was written ({text}). "
+                    "Open a new KafkaBackend to write again."
+                )
+                self._fenced[ledger] = message
+                raise WriteConflict(message) from None
+            raise self._fail(f"appending to ledger {ledger!r} (fatal producer error)", exc)
+        try:
+            writer.producer.abort_transaction(self.timeout)
+        except KafkaException as exc2:
+            self._drop_writer(ledger)
+            err2 = kafka_error(exc2)
+            if err2 is not None and (err2.code() in FENCED_CODES or "fenced" in describe(exc2)):
+                message = (
+                    f"ledger {ledger!r}: another writer took over (transactional.id {tid!r}) "
+                    "and fenced this one; nothing of this append was written."
+                )
+                self._fenced[ledger] = message
+                raise WriteConflict(message) from None
+        raise self._fail(
+            f"appending to ledger {ledger!r} (transaction aborted, nothing was written)", exc
+        ) from None
+
+    # -- reading -----------------------------------------------------------------------
+    def scan(self, ledger: str, partition: int) -> Iterator[StoredRecord]:
+        self._check_partition(ledger, partition)
+        low, lso = self._watermarks(ledger, partition)
+        return self._scan(ledger, partition, low, lso)
+
+    def _scan(self, ledger: str, partition: int, low: int, lso: int) -> Iterator[StoredRecord]:
+        consumer = self._consumer()
+        try:
+            for batch in self._fetch(consumer, ledger, partition, low, lso):
+                for m in batch:
+                    value = m.value()
+                    if value is not None:
+                        yield StoredRecord(m.offset(), value)
+        finally:
+            consumer.close()
+
+    def read(
+        self, ledger: str, partition: int, start: int = 0, end: int | None = None
+    ) -> Iterator[StoredRecord]:
+        self._check_partition(ledger, partition)
+        start = max(0, start)
+        if end is not None and end <= start:
+            return iter(())
+        cache = self._cache(ledger)
+        with self._lock:
+            low, lso = self._watermarks(ledger, partition)
+            offset = cache.offset_of(partition, start)
+            if offset is None or offset < low or offset >= lso:
+                offset = self._search(ledger, partition, start, low, lso)
+        return self._read(ledger, partition, start, end, offset, lso, cache)
+
+    def _read(
+        self,
+        ledger: str,
+        partition: int,
+        start: int,
+        end: int | None,
+        offset: int,
+        lso: int,
+        cache: NodeCache,
+    ) -> Iterator[StoredRecord]:
+        expected = start
+        prev: bytes | None = None
+        consumer = self._consumer()
+        try:
+            for batch in self._fetch(consumer, ledger, partition, offset, lso):
+                for m in batch:
+                    value = m.value()
+                    if value is None:
+                        continue
+                    try:
+                        entry = decode_record(value)
+                    except FormatError:
+                        continue
+                    h = entry.header
+                    if h.ledger != ledger or h.partition != partition or h.seq != expected:
+                        continue
+                    leaf = hashlib.sha256(b"\x00" + entry.header_bytes).digest()
+                    if prev is None:
+                        known = cache.get_node(partition, 0, expected)
+                        if known is not None and known != leaf:
+                            continue  # not the record the writer stored for this seq
+                    elif h.prev_hash != prev:
+                        continue
+                    yield StoredRecord(m.offset(), value)
+                    prev = leaf
+                    expected += 1
+                    if end is not None and expected >= end:
+                        return
+        finally:
+            consumer.close()
+
+    def _search(self, ledger: str, partition: int, seq: int, low: int, lso: int) -> int:
+        """Smallest offset from which the first entry of this log has ``seq >= target``
+        (binary search over offsets, for when the offset index does not cover ``seq``)."""
+
+        def seq_at(offset: int) -> tuple[int, int] | None:
+            for batch in self._fetch(self._reader(), ledger, partition, offset, lso):
+                for m in batch:
+                    try:
+                        h = decode_record(m.value() or b"").header
+                    except FormatError:
+                        continue
+                    if h.ledger == ledger and h.partition == partition:
+                        return m.offset(), h.seq
+            return None
+
+        lo, hi = low, lso
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = seq_at(mid)
+            if found is None or found[1] >= seq:
+                hi = mid
+            else:
+                lo = found[0] + 1
+        return lo
+
+    def get_node(self, ledger: str, partition: int, level: int, index: int) -> bytes:
+        cache = self._cache(ledger)
+        h = cache.get_node(partition, level, index)
+        if h is not None:
+            return h
+        self._check_partition(ledger, partition)
+        front = self._sync(ledger, partition)
+        h = cache.get_node(partition, level, index)
+        if h is None:
+            raise BackendUnavailable(
+                f"ledger {ledger!r} partition {partition}: Merkle node level {level} index "
+                f"{index} is not in the node cache {cache.path} (log size {front.size})"
+            )
+        return h
+
+    # -- checkpoints -------------------------------------------------------------------
+    def add_checkpoint(self, ledger: str, partition: int, tree_size: int, note: str) -> None:
+        self._check_partition(ledger, partition)
+        value = note.encode("utf-8")
+        key = str(partition)
+        self._produce_sync(
+            f"storing a checkpoint of {ledger}[{partition}]",
+            [
+                (history_topic(ledger), partition, key, value),
+                (checkpoints_topic(ledger), partition, key, value),
+            ],
+            headers=[("tree_size", str(tree_size).encode())],
+        )
+
+    def checkpoints(self, ledger: str, partition: int) -> list[str]:
+        self._check_partition(ledger, partition)
+        topic = history_topic(ledger)
+        with self._lock:
+            start, notes = self._cp_cache.get((ledger, partition), (0, []))
+            _, end = self._watermarks(topic, partition)
+            for batch in self._fetch(self._reader(), topic, partition, start, end):
+                for m in batch:
+                    value = m.value()
+                    if value is not None:
+                        notes.append(value.decode("utf-8", "replace"))
+            self._cp_cache[(ledger, partition)] = (max(start, end), notes)
+            return list(notes)
+
+    def latest_checkpoint(self, ledger: str, partition: int) -> str | None:
+        """The newest checkpoint note of a partition from the compacted topic (or None)."""
+        self._check_partition(ledger, partition)
+        topic = checkpoints_topic(ledger)
+        with self._lock:
+            _, end = self._watermarks(topic, partition)
+            latest = None
+            for batch in self._fetch(self._reader(), topic, partition, 0, end):
+                for m in batch:
+                    if m.value() is not None:
+                        latest = m.value().decode("utf-8", "replace")
+            return latest
+
+    def _produce_sync(
+        self,
+        what: str,
+        items: list[tuple[str, int, str, bytes]],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        with self._lock:
+            if self._plain is None:
+                conf = client_config(
+                    self.bootstrap,
+                    self._user,
+                    self._on_error,
+                    **{"linger.ms": 0, "message.timeout.ms": int(self.timeout * 1000)},
+                )
+                conf.update({"enable.idempotence": True, "acks": "all"})
+                self._plain = Producer(conf)
+            producer = self._plain
+            errors: list[KafkaError] = []
+
+            def done(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    errors.append(err)
+
+            for topic, partition, key, value in items:
+                producer.produce(
+                    topic, value, key.encode(), partition, on_delivery=done, headers=headers
+                )
+            remaining = producer.flush(self.timeout)
+            if remaining:
+                producer.purge()
+                producer.flush(0)
+                raise self._fail(what, f"not acknowledged within {self.timeout:g}s")
+            if errors:
+                raise self._fail(what, KafkaException(errors[0]))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._plain is not None:
+                self._plain.flush(self.timeout)
+                self._plain = None
+            self._writers.clear()
+            if self._reader_consumer is not None:
+                with contextlib.suppress(KafkaException, RuntimeError):
+                    self._reader_consumer.close()
+                self._reader_consumer = None
+            for cache in self._caches.values():
+                cache.close()
+            self._caches.clear()
+
+
+class _CacheGap(StreamledgerError):
+    """The node cache lacks a node it should have: rebuild the partition."""
+
+
+def _config_from_json(value: bytes) -> LedgerConfig:
+    data = json.loads(value)
+    return LedgerConfig(
+        name=data["name"],
+        partitions=int(data["partitions"]),
+        origin=data["origin"],
+        signing_key=data.get("signing_key"),
+        log_vkey=data.get("log_vkey"),
+        options=dict(data.get("options") or {}),
+    )

@@ -1,0 +1,203 @@
+"""The local node cache of a Kafka ledger: derived, rebuildable, never trusted.
+
+Kafka is not a random-access store, so each ledger gets one SQLite file in the backend's
+``state_dir`` holding, per partition:
+
+* ``nodes``: every perfect Merkle subtree hash (level 0 = leaf hashes), so an inclusion or
+  consistency proof costs O(log n) lookups;
+* ``segments``: a run-length seq -> Kafka offset index (one row per transaction and
+  partition: inside a transaction a writer's records sit at consecutive offsets, the commit
+  marker shifts the next run by one), so ``read(seq)`` seeks straight to the record;
+* ``frontier``: how far the cache has followed the topic (next offset to scan, tree size,
+  last leaf hash and its offset).
+
+Everything here can be thrown away: the backend rebuilds it by scanning the topic. The
+verifier only uses it as a hint for *where* a signed root broke, never to decide whether.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamledger.backends.base import Node
+from streamledger.errors import BackendUnavailable
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    partition INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (partition, level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments (
+    partition INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    first_offset INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (partition, first_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS frontier (
+    partition INTEGER PRIMARY KEY,
+    next_offset INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    last_leaf BLOB,
+    last_offset INTEGER
+);
+"""
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """How far the cache of one partition has followed the topic."""
+
+    next_offset: int = 0
+    size: int = 0
+    last_leaf: bytes | None = None
+    last_offset: int | None = None
+
+
+@dataclass
+class CacheUpdate:
+    """New chain entries of one partition to record in the cache."""
+
+    partition: int
+    first_seq: int
+    offsets: list[int]
+    nodes: list[Node]
+    frontier: Frontier
+
+
+def segments_of(first_seq: int, offsets: list[int]) -> list[tuple[int, int, int]]:
+    """Split ``offsets`` (of seqs ``first_seq, ...``) into runs of consecutive offsets:
+    ``(first_seq, first_offset, count)``."""
+    runs: list[tuple[int, int, int]] = []
+    if not offsets:
+        return runs
+    run_seq, run_off, count = first_seq, offsets[0], 1
+    for i in range(1, len(offsets)):
+        if offsets[i] == run_off + count:
+            count += 1
+        else:
+            runs.append((run_seq, run_off, count))
+            run_seq, run_off, count = first_seq + i, offsets[i], 1
+    runs.append((run_seq, run_off, count))
+    return runs
+
+
+class NodeCache:
+    """One ledger's cache file. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # a cache: consistent, not durable
+            self._conn.executescript(_SCHEMA)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise BackendUnavailable(f"cannot open the Kafka node cache {path}: {exc}") from None
+        self._lock = threading.RLock()
+        if self.meta("schema") not in (None, SCHEMA_VERSION):
+            self.reset()
+        self.set_meta("schema", SCHEMA_VERSION)
+
+    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            with self._lock:
+                return self._conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"node cache {self.path}: {exc}") from None
+
+    # -- meta --------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        rows = self._run("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._run("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- state -------------------------------------------------------------------------
+    def frontier(self, partition: int) -> Frontier:
+        rows = self._run(
+            "SELECT next_offset, size, last_leaf, last_offset FROM frontier WHERE partition=?",
+            (partition,),
+        )
+        if not rows:
+            return Frontier()
+        nxt, size, leaf, last_off = rows[0]
+        return Frontier(nxt, size, bytes(leaf) if leaf is not None else None, last_off)
+
+    def get_node(self, partition: int, level: int, index: int) -> bytes | None:
+        rows = self._run(
+            "SELECT hash FROM nodes WHERE partition=? AND level=? AND idx=?",
+            (partition, level, index),
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def offset_of(self, partition: int, seq: int) -> int | None:
+        rows = self._run(
+            "SELECT first_seq, first_offset, count FROM segments WHERE partition=? "
+            "AND first_seq<=? ORDER BY first_seq DESC LIMIT 1",
+            (partition, seq),
+        )
+        if not rows:
+            return None
+        first_seq, first_offset, count = rows[0]
+        if seq >= first_seq + count:
+            return None
+        return first_offset + (seq - first_seq)
+
+    # -- updates -----------------------------------------------------------------------
+    def apply(self, updates: list[CacheUpdate]) -> None:
+        """Record new entries (nodes, offsets, frontier) of several partitions at once."""
+        try:
+            with self._lock:
+                conn = self._conn
+                conn.execute("BEGIN")
+                try:
+                    for up in updates:
+                        p = up.partition
+                        if up.nodes:
+                            conn.executemany(
+                                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)",
+                                [(p, lvl, idx, h) for lvl, idx, h in up.nodes],
+                            )
+                        if up.offsets:
+                            conn.executemany(
+                                "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?)",
+                                [(p, *run) for run in segments_of(up.first_seq, up.offsets)],
+                            )
+                        f = up.frontier
+                        conn.execute(
+                            "INSERT OR REPLACE INTO frontier VALUES (?, ?, ?, ?, ?)",
+                            (p, f.next_offset, f.size, f.last_leaf, f.last_offset),
+                        )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"node cache {self.path}: {exc}") from None
+
+    def reset(self, partition: int | None = None) -> None:
+        """Forget a partition (or everything): it will be rebuilt from the topic."""
+        with self._lock:
+            for table in ("nodes", "segments", "frontier"):
+                if partition is None:
+                    self._run(f"DELETE FROM {table}")
+                else:
+                    self._run(f"DELETE FROM {table} WHERE partition=?", (partition,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
