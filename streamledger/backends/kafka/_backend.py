@@ -121,7 +121,6 @@ class KafkaBackend:
         self._last_error = ""
         self._lock = threading.RLock()
         self._writers: dict[str, _Writer] = {}
-        self._fenced: dict[str, str] = {}
         self._caches: dict[str, NodeCache] = {}
         self._validated: set[tuple[str, int]] = set()
         self._topic_ids: dict[str, str] = {}
@@ -531,9 +530,6 @@ class KafkaBackend:
         return PartitionHead(front.size, front.last_leaf if front.size else None)
 
     def _writer(self, ledger: str) -> _Writer:
-        fenced = self._fenced.get(ledger)
-        if fenced is not None:
-            raise WriteConflict(fenced)
         writer = self._writers.get(ledger)
         if writer is not None:
             return writer
@@ -708,9 +704,8 @@ class KafkaBackend:
                 message = (
                     f"ledger {ledger!r}: another writer took over (transactional.id {tid!r}) "
                     f"and fenced this one; nothing of this append was written ({text}). "
-                    "Open a new KafkaBackend to write again."
+                    "The next append re-reads the heads from Kafka and takes over again."
                 )
-                self._fenced[ledger] = message
                 raise WriteConflict(message) from None
             raise self._fail(f"appending to ledger {ledger!r} (fatal producer error)", exc)
         try:
@@ -723,7 +718,6 @@ class KafkaBackend:
                     f"ledger {ledger!r}: another writer took over (transactional.id {tid!r}) "
                     "and fenced this one; nothing of this append was written."
                 )
-                self._fenced[ledger] = message
                 raise WriteConflict(message) from None
         raise self._fail(
             f"appending to ledger {ledger!r} (transaction aborted, nothing was written)", exc
