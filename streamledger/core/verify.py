@@ -26,6 +26,19 @@ untrusted_checkpoint   a checkpoint not validly signed by a trusted key
 bad_checkpoint         a checkpoint note that does not parse or names another log
 witness_shortfall      a checkpoint without the required number of witness cosignatures
 =====================  ================================================================
+
+Each act of tampering gives one finding, at the sequence number where it applies (for
+inserted, malformed, unknown-version and foreign records: the seq the chain expected there;
+for checkpoint findings: the last seq the checkpoint covers) and the record's storage offset.
+The verifier repairs its view after a finding when the log itself says what the genuine
+hash was (a successor's ``prev_hash``), so later signed roots are still compared; when it
+cannot, later checkpoints are skipped with a warning instead of producing follow-on findings.
+
+Inherent limits: without a checkpoint covering it, a change to the newest entry's header, the
+deletion of the newest entries, or a well-formed entry appended after the last one cannot be
+told from an honest log (the chain has no successor to vouch for it); sign checkpoints often.
+A rewrite of history is caught only by signed checkpoints. Telling *which* of two conflicting
+records is genuine at the tail uses the store's Merkle nodes as a hint only.
 """
 
 from __future__ import annotations
