@@ -95,7 +95,11 @@ def load_key_file(path: str | Path, *, expected_name: str | None = None) -> Sign
             f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
             f"run 'chmod 600 {path}'"
         )
-    key = SigningKey.from_private_text(text)
+    try:
+        key = SigningKey.from_private_text(text)
+    except (ConfigError, FormatError) as exc:
+        # The parser's messages never quote the key text; add which file it was.
+        raise ConfigError(f"key file {path} is not a valid private key: {exc}") from None
     if expected_name is not None and key.name != expected_name:
         raise ConfigError(f"key file {path} holds key {key.name!r}, not {expected_name!r}")
     return key
@@ -105,7 +109,11 @@ def load_vkey(text_or_path: str) -> VerifierKey:
     """A verifier key given as text (``name+hash+base64``) or as the path of a file holding it."""
     candidate = Path(text_or_path)
     text = text_or_path
-    if "+" not in text_or_path or candidate.is_file():
+    try:
+        from_file = "+" not in text_or_path or candidate.is_file()
+    except OSError:  # e.g. a name too long to be a path: treat it as key text
+        from_file = False
+    if from_file:
         try:
             text = candidate.read_text().strip()
         except OSError as exc:
@@ -113,6 +121,15 @@ def load_vkey(text_or_path: str) -> VerifierKey:
                 f"{text_or_path!r} is neither a verifier key (name+hash+base64) nor a "
                 f"readable file: {exc.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{text_or_path!r} is not a verifier key file (not text)") from None
+    if text.strip().startswith("PRIVATE+KEY+"):
+        # Never echo it: this is secret key material given where a public key belongs.
+        where = f"file {text_or_path!r}" if from_file else "the text given"
+        raise ConfigError(
+            f"{where} holds a PRIVATE key, not a verifier key: pass the verifier key "
+            "('streamledger keys show NAME --vkey' prints it)"
+        )
     try:
         return VerifierKey.parse(text.strip())
     except FormatError as exc:

@@ -16,7 +16,13 @@ from streamledger.cli.main import DEFAULT_DATA_DIR, EXIT_ERROR, EXIT_OK, EXIT_TA
 from streamledger.core.note import KEY_TYPE_COSIGNATURE, VerifierKey
 from streamledger.core.proof import load_proof
 from streamledger.core.verify import TrustPolicy
-from streamledger.errors import ConfigError, FormatError, StreamledgerError, VerificationError
+from streamledger.errors import (
+    ConfigError,
+    FormatError,
+    ProofError,
+    StreamledgerError,
+    VerificationError,
+)
 from streamledger.keys import KeyStore, load_vkey
 from streamledger.ledger import AppendItem, Ledger, LedgerReport
 
@@ -51,7 +57,10 @@ def open_backend(args: argparse.Namespace, *, create: bool = False) -> Backend:
         )
     from streamledger.backends.sqlite import SQLiteBackend
 
-    return SQLiteBackend(data_dir(args), create=create)
+    directory = data_dir(args)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"data directory {directory} is not a directory (check --data-dir)")
+    return SQLiteBackend(directory, create=create)
 
 
 def open_ledger(args: argparse.Namespace, backend: Backend, *, signing_key: str | None = None):
@@ -232,11 +241,32 @@ def _emit_receipt(receipt: Any) -> None:
     )
 
 
+def _read_entries(ledger: Ledger, partition: int, start: int, end: int | None) -> Iterator[Any]:
+    """``ledger.read``, but a damaged stored record becomes an error naming where it is."""
+    entries = ledger.read(partition, start, end)
+    position = start
+    while True:
+        try:
+            entry = next(entries)
+        except StopIteration:
+            return
+        except FormatError as exc:
+            raise FormatError(
+                f"ledger {ledger.name!r} partition {partition}: the record stored at position "
+                f"{position} is not a valid entry ({exc}); run 'streamledger verify "
+                f"{ledger.name}' for a full report"
+            ) from None
+        yield entry
+        position += 1
+
+
 def cmd_read(args: argparse.Namespace) -> int:
+    if args.start < 0 or (args.end is not None and args.end < 0):
+        raise UsageError("--from and --to must not be negative")
     backend = open_backend(args)
     try:
         ledger = Ledger(backend, args.ledger)
-        for entry in ledger.read(args.partition, args.start, args.end):
+        for entry in _read_entries(ledger, args.partition, args.start, args.end):
             header = entry.header
             if args.json:
                 payload = entry.payload
@@ -401,7 +431,22 @@ def cmd_prove(args: argparse.Namespace) -> int:
     try:
         ledger = Ledger(backend, args.ledger)
         if args.proof_kind == "inclusion":
-            proof = ledger.prove_inclusion(args.partition, args.seq)
+            size = ledger.size(args.partition)
+            if not 0 <= args.seq < size:
+                raise ProofError(
+                    f"{args.ledger!r} partition {args.partition} has no entry seq {args.seq} "
+                    f"(it holds seqs 0..{size - 1})"
+                    if size
+                    else f"{args.ledger!r} partition {args.partition} is empty"
+                )
+            try:
+                proof = ledger.prove_inclusion(args.partition, args.seq)
+            except FormatError as exc:
+                raise FormatError(
+                    f"cannot prove entry seq {args.seq} of {args.ledger!r} partition "
+                    f"{args.partition}: the stored record is not a valid entry ({exc}); run "
+                    f"'streamledger verify {args.ledger}'"
+                ) from None
             human = (
                 f"entry {proof.index} of {proof.ledger}/{proof.partition} is in the tree of "
                 f"{proof.tree_size} entries\nleaf hash {proof.leaf_hash.hex()}\nroot      "

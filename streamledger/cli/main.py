@@ -206,6 +206,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        print(f"streamledger: error:{name} {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        # A bug of ours. Exit 2, never 1: a crash must not read as "tampering found".
+        if os.environ.get("STREAMLEDGER_DEBUG"):
+            raise
+        print(
+            f"streamledger: internal error: {type(exc).__name__}: {exc} "
+            "(set STREAMLEDGER_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
