@@ -1,0 +1,424 @@
+"""``streamledger bench``: what tamper evidence costs, as ratios against raw confluent-kafka.
+
+Everything compared is measured in the same run, on the same broker, with the same payloads
+and the same client settings. Absolute rates are noisy on a shared 2-core machine; the ratios
+are what the targets (DESIGN.md) are about.
+
+Modes: ``--quick`` (well under a minute, used by the test suite as a smoke run) and the
+default full mode (minutes; the figures recorded in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamledger.backends.memory import MemoryBackend
+from streamledger.backends.sqlite import SQLiteBackend
+from streamledger.core.note import SigningKey
+from streamledger.core.verify import TrustPolicy
+from streamledger.ledger import Ledger
+
+#: KafkaBlockchain (Java) published figures: 10M hash-chained messages.
+ANCHOR_PRODUCE_S = 120.0
+ANCHOR_VERIFY_S = 300.0
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    name: str
+    sizes: tuple[int, ...]
+    kafka_entries: dict[int, int]  # payload size -> entries
+    batch: int
+    sqlite_entries: int
+    proof_log_sizes: tuple[int, ...]
+    proof_samples: int
+    latency_samples: int
+    memory_log_sizes: tuple[int, ...]
+    anchor_entries: int
+
+
+QUICK = BenchPlan(
+    name="quick",
+    sizes=(100, 1024, 10240),
+    kafka_entries={100: 20_000, 1024: 10_000, 10240: 2_000},
+    batch=1000,
+    sqlite_entries=20_000,
+    proof_log_sizes=(50_000,),
+    proof_samples=300,
+    latency_samples=100,
+    memory_log_sizes=(),
+    anchor_entries=0,
+)
+FULL = BenchPlan(
+    name="full",
+    sizes=(100, 1024, 10240),
+    kafka_entries={100: 300_000, 1024: 150_000, 10240: 20_000},
+    batch=1000,
+    sqlite_entries=300_000,
+    proof_log_sizes=(1_000_000, 10_000_000),
+    proof_samples=2000,
+    latency_samples=1000,
+    memory_log_sizes=(1_000_000, 10_000_000),
+    anchor_entries=10_000_000,
+)
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- Kafka measurements ------------------------------------------------------------------
+def _producer_config(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
+    from streamledger.backends.kafka import producer_settings
+
+    return {"bootstrap.servers": bootstrap, **producer_settings(), **extra}
+
+
+def raw_produce(
+    bootstrap: str,
+    extra: dict[str, str],
+    topic: str,
+    payloads: list[bytes],
+    batch: int,
+    partitions: int,
+) -> float:
+    """Transactional produce of ``payloads`` in transactions of ``batch``; returns msgs/s."""
+    from confluent_kafka import Producer
+
+    conf = _producer_config(bootstrap, extra)
+    conf["transactional.id"] = f"bench-raw-{uuid.uuid4()}"
+    producer = Producer(conf)
+    producer.init_transactions(30)
+    started = time.perf_counter()
+    for first in range(0, len(payloads), batch):
+        producer.begin_transaction()
+        for i, payload in enumerate(payloads[first : first + batch], first):
+            while True:
+                try:
+                    producer.produce(topic, payload, partition=i % partitions)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.commit_transaction(60)
+    seconds = time.perf_counter() - started
+    return _rate(len(payloads), seconds)
+
+
+def raw_consume(
+    bootstrap: str, extra: dict[str, str], topic: str, partitions: int, expected: int
+) -> float:
+    """read_committed consume of a whole topic; returns msgs/s."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            **extra,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    count = 0
+    eof: set[int] = set()
+    started = time.perf_counter()
+    while len(eof) < partitions:
+        for msg in consumer.consume(10_000, 1.0):
+            if msg.error():
+                if msg.error().code() == -191:  # _PARTITION_EOF
+                    eof.add(msg.partition())
+                continue
+            value = msg.value()
+            if value is not None:
+                count += 1
+    seconds = time.perf_counter() - started
+    consumer.close()
+    if count < expected:
+        raise RuntimeError(f"raw consume read {count} of {expected} records")
+    return _rate(count, seconds)
+
+
+def _kafka_rows(
+    bootstrap: str, extra: dict[str, str], plan: BenchPlan, key: SigningKey, state_dir: Path
+) -> list[dict[str, Any]]:
+    from streamledger.backends.kafka import KafkaBackend
+
+    rows = []
+    partitions = 3
+    for size in plan.sizes:
+        count = plan.kafka_entries[size]
+        payloads = [os.urandom(size) for _ in range(min(count, 2000))]
+        payloads = [payloads[i % len(payloads)] for i in range(count)]
+        tag = uuid.uuid4().hex[:8]
+        backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
+        try:
+            raw_topic = f"bench-raw-{size}-{tag}"
+            Ledger.create(backend, raw_topic, partitions=partitions)  # same topic settings
+            _say(f"  {size} B x {count}: raw produce")
+            produce = raw_produce(bootstrap, extra, raw_topic, payloads, plan.batch, partitions)
+            _say(f"  {size} B x {count}: ledger append")
+            ledger = Ledger.create(
+                backend, f"bench-ledger-{size}-{tag}", partitions=partitions, signer=key
+            )
+            started = time.perf_counter()
+            for first in range(0, count, plan.batch):
+                ledger.append_many(payloads[first : first + plan.batch])
+            append = _rate(count, time.perf_counter() - started)
+            ledger.checkpoint()
+            _say(f"  {size} B x {count}: raw consume / verify")
+            consume = raw_consume(bootstrap, extra, ledger.name, partitions, count)
+            trust = TrustPolicy((key.verifier,))
+            started = time.perf_counter()
+            report = ledger.verify(trust)
+            verify = _rate(count, time.perf_counter() - started)
+            if not report.ok:
+                raise RuntimeError(f"benchmark ledger did not verify: {report.findings[:3]}")
+        finally:
+            backend.close()
+        rows.append(
+            {
+                "payload_bytes": size,
+                "entries": count,
+                "raw_produce_per_s": produce,
+                "ledger_append_per_s": append,
+                "append_ratio": append / produce,
+                "raw_consume_per_s": consume,
+                "verify_per_s": verify,
+                "verify_ratio": verify / consume,
+            }
+        )
+    return rows
+
+
+def _append_latency(
+    bootstrap: str, extra: dict[str, str], plan: BenchPlan, state_dir: Path
+) -> dict[str, float]:
+    from streamledger.backends.kafka import KafkaBackend
+
+    backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
+    try:
+        ledger = Ledger.create(backend, f"bench-latency-{uuid.uuid4().hex[:8]}")
+        samples = []
+        payload = os.urandom(200)
+        for _ in range(plan.latency_samples):
+            started = time.perf_counter()
+            ledger.append(payload)
+            samples.append((time.perf_counter() - started) * 1000)
+    finally:
+        backend.close()
+    return {"p50_ms": _pct(samples, 0.5), "p99_ms": _pct(samples, 0.99)}
+
+
+# -- embedded measurements ---------------------------------------------------------------
+def _sqlite_rows(plan: BenchPlan, key: SigningKey, workdir: Path) -> dict[str, Any]:
+    backend = SQLiteBackend(workdir / "sqlite-bench")
+    try:
+        ledger = Ledger.create(backend, "bench", partitions=1, signer=key)
+        payloads = [os.urandom(100) for _ in range(plan.batch)]
+        started = time.perf_counter()
+        for _ in range(plan.sqlite_entries // plan.batch):
+            ledger.append_many(payloads)
+        append = _rate(plan.sqlite_entries, time.perf_counter() - started)
+        ledger.checkpoint()
+        started = time.perf_counter()
+        report = ledger.verify(TrustPolicy((key.verifier,)))
+        verify = _rate(plan.sqlite_entries, time.perf_counter() - started)
+        assert report.ok, report.findings[:3]
+    finally:
+        backend.close()
+    return {"entries": plan.sqlite_entries, "append_per_s": append, "verify_per_s": verify}
+
+
+def _build_memory_log(size: int) -> Ledger:
+    """A log of ``size`` entries in memory, built through the real append path."""
+    ledger = Ledger.create(MemoryBackend(), "proofs")
+    payload = b"x" * 64
+    batch = [payload] * 10_000
+    for first in range(0, size, len(batch)):
+        ledger.append_many(batch[: min(len(batch), size - first)])
+    return ledger
+
+
+def _proof_latency(plan: BenchPlan, key: SigningKey) -> list[dict[str, Any]]:
+    rows = []
+    rng = random.Random(1)
+    for size in plan.proof_log_sizes:
+        _say(f"  building a {size:,}-entry log for proof latency")
+        ledger = _build_memory_log(size)
+        ledger.signer = key
+        ledger.checkpoint()
+        inclusion, consistency = [], []
+        for _ in range(plan.proof_samples):
+            seq = rng.randrange(size)
+            started = time.perf_counter()
+            ledger.prove_inclusion(0, seq)
+            inclusion.append((time.perf_counter() - started) * 1000)
+            old = rng.randrange(1, size)
+            started = time.perf_counter()
+            ledger.prove_consistency(0, old, size)
+            consistency.append((time.perf_counter() - started) * 1000)
+        rows.append(
+            {
+                "log_size": size,
+                "inclusion_p50_ms": _pct(inclusion, 0.5),
+                "inclusion_p99_ms": _pct(inclusion, 0.99),
+                "consistency_p50_ms": _pct(consistency, 0.5),
+                "consistency_p99_ms": _pct(consistency, 0.99),
+            }
+        )
+        del ledger
+    return rows
+
+
+def _verify_memory(size: int) -> dict[str, Any]:
+    """Peak RSS of verifying a ``size``-entry partition, in a fresh child process.
+
+    Records are generated on the fly, so the child's memory is the verifier's alone."""
+    code = (
+        "import resource,sys\n"
+        "from streamledger.core.verify import verify_partition\n"
+        "from streamledger.core.entry import StoredRecord, build_record\n"
+        "n=int(sys.argv[1])\n"
+        "def gen():\n"
+        "    prev=bytes(32)\n"
+        "    for i in range(n):\n"
+        "        rec,prev=build_record('mem',0,i,0,'p','t',b'',prev,b'x'*100)\n"
+        "        yield StoredRecord(i,rec)\n"
+        "r=verify_partition('mem',0,'o/ledger/mem/partition/0',gen(),[],None)\n"
+        "assert r.ok and r.entries_checked==n\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(size)], check=True, capture_output=True, text=True
+    ).stdout
+    return {
+        "entries": size,
+        "peak_rss_mb": int(out.strip()) / 1024,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+# -- driver ------------------------------------------------------------------------------
+def _start_local_broker(workdir: Path):
+    here = Path(__file__).resolve().parent.parent / "tools" / "kafka" / "local_kafka.py"
+    if not here.exists():
+        raise RuntimeError("no broker given (-b) and tools/kafka/local_kafka.py is not here")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("streamledger_local_kafka", here)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    module.ensure_installed(quiet=True)
+    return module.start_broker(port=None, data_dir=workdir / "kafka", watchdog_pid=os.getpid())
+
+
+def run_bench(
+    quick: bool,
+    bootstrap: str | None,
+    extra: dict[str, str],
+    output: Path | None,
+    timed: Callable[[str], None] = _say,
+) -> dict[str, Any]:
+    plan = QUICK if quick else FULL
+    key = SigningKey.generate("bench.example/log")
+    results: dict[str, Any] = {
+        "mode": plan.name,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with tempfile.TemporaryDirectory(prefix="streamledger-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = None
+        if bootstrap is None:
+            timed("starting a local Kafka broker")
+            broker = _start_local_broker(workdir)
+            bootstrap = broker.bootstrap
+        try:
+            timed("Kafka: raw produce vs ledger append, raw consume vs verify")
+            results["kafka"] = _kafka_rows(bootstrap, extra, plan, key, workdir / "cache")
+            timed("Kafka: end-to-end append latency (acks=all)")
+            results["append_latency"] = _append_latency(bootstrap, extra, plan, workdir / "cache")
+        finally:
+            if broker is not None:
+                broker.stop()
+        timed("embedded SQLite append and verify")
+        results["sqlite"] = _sqlite_rows(plan, key, workdir)
+        timed("proof latency")
+        results["proofs"] = _proof_latency(plan, key)
+        results["verify_memory"] = [_verify_memory(n) for n in plan.memory_log_sizes] or [
+            _verify_memory(200_000)
+        ]
+    results["peak_rss_mb_bench"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if output is not None:
+        output.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [f"streamledger benchmark ({results['mode']} mode, {results['machine']['cpus']} cpus)"]
+    lines.append("")
+    lines.append("Kafka, same broker, same payloads, transactions of equal size")
+    lines.append(
+        f"{'payload':>8} {'entries':>8} {'raw prod/s':>11} {'append/s':>10} "
+        f"{'ratio':>6} {'raw cons/s':>11} {'verify/s':>10} {'ratio':>6}"
+    )
+    for row in results.get("kafka", []):
+        lines.append(
+            f"{row['payload_bytes']:>8} {row['entries']:>8} {row['raw_produce_per_s']:>11,.0f} "
+            f"{row['ledger_append_per_s']:>10,.0f} {row['append_ratio']:>6.2f} "
+            f"{row['raw_consume_per_s']:>11,.0f} {row['verify_per_s']:>10,.0f} "
+            f"{row['verify_ratio']:>6.2f}"
+        )
+    if "append_latency" in results:
+        lat = results["append_latency"]
+        lines.append(
+            f"single append latency (acks=all): p50 {lat['p50_ms']:.2f} ms, "
+            f"p99 {lat['p99_ms']:.2f} ms"
+        )
+    sq = results["sqlite"]
+    lines.append("")
+    lines.append(
+        f"SQLite ({sq['entries']:,} x 100 B): append {sq['append_per_s']:,.0f}/s, "
+        f"verify {sq['verify_per_s']:,.0f}/s"
+    )
+    for row in results["proofs"]:
+        lines.append(
+            f"proofs on {row['log_size']:,} entries: inclusion p50 {row['inclusion_p50_ms']:.3f} "
+            f"ms p99 {row['inclusion_p99_ms']:.3f} ms; consistency p50 "
+            f"{row['consistency_p50_ms']:.3f} ms p99 {row['consistency_p99_ms']:.3f} ms"
+        )
+    for row in results["verify_memory"]:
+        lines.append(f"verify peak RSS at {row['entries']:,} entries: {row['peak_rss_mb']:.1f} MB")
+    return "\n".join(lines)
