@@ -508,6 +508,13 @@ def run(args: argparse.Namespace) -> int:
         return cmd_prove(args)
     if command == "proof":
         return cmd_proof_verify(args)
+    if command == "bench":
+        from streamledger.bench import format_table, run_bench
+
+        results = run_bench(args.quick, kafka_bootstrap(args), dict(args.kafka_config), args.output)
+        print(format_table(results))
+        print(f"results written to {args.output}", file=sys.stderr)
+        return EXIT_OK
     if command == "demo":
         from streamledger.cli.demo import run_demo
 

@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("file", type=Path, help="proof JSON file ('-' for stdin)")
     _trust_args(pv, vkey_required=True)
 
+    bench = sub.add_parser(
+        "bench", help="benchmark against raw confluent-kafka (starts a local broker unless -b)"
+    )
+    bench.add_argument("--quick", action="store_true", help="small run, under a minute")
+    bench.add_argument(
+        "--output", "-o", type=Path, default=Path("bench-results.json"), help="JSON results file"
+    )
+
     demo = sub.add_parser("demo", help="a guided tour: append, checkpoint, verify, tamper, prove")
     demo.add_argument("--entries", type=int, default=20_000, help="payments to stream")
     demo.add_argument("--kafka", action="store_true", help="run on Kafka instead of SQLite")
