@@ -256,3 +256,24 @@ def test_tampering_only_kafka_allows_is_reported(kafka_bootstrap, tmp_path, key)
         )
     fresh.close()
     backend.close()
+
+
+def test_offsets_are_read_back_when_other_records_interleave(kafka_bootstrap, tmp_path):
+    """Receipts carry true Kafka offsets even if another producer wrote between our records
+    inside the transaction (the backend then reads the offsets back)."""
+    from streamledger.backends.base import AppendBatch
+
+    backend = _backend(kafka_bootstrap, tmp_path)
+    name = _name("interleave")
+    ledger = Ledger.create(backend, name, partitions=1)
+    receipts = ledger.append_many([b"a", b"b", b"c"])
+    _produce_raw(kafka_bootstrap, name, 0, [b"noise"])
+    more = ledger.append_many([b"d", b"e"])
+    records = [r.value for r in backend.read(name, 0)]
+    batch = AppendBatch(0, records[:3], [None] * 3, [])
+    first, last = receipts[0].offset, more[-1].offset
+    located = backend._locate(name, 0, first, last, batch)
+    assert located == [r.offset for r in receipts]
+    stored = {r.offset: r.value for r in backend.scan(name, 0)}
+    assert [stored[r.offset] for r in receipts + more] == records
+    backend.close()

@@ -79,7 +79,6 @@ class _Writer:
     producer: Producer
     transactional_id: str
     synced: set[int] = field(default_factory=set)
-    deliveries: list[tuple[int, int, KafkaError | None]] = field(default_factory=list)
 
 
 class _CommitUnknown(Exception):
@@ -540,11 +539,6 @@ class KafkaBackend:
                     f"transactional id {tid!r} is already used for ledger {other!r}: "
                     "use a template with {ledger} to write several ledgers"
                 )
-        deliveries: list[tuple[int, int, KafkaError | None]] = []
-
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            deliveries.append((msg.partition(), msg.offset(), err))
-
         tx_ms = int(max(60.0, self.timeout * 3) * 1000)
         conf = client_config(
             self.bootstrap,
@@ -565,7 +559,6 @@ class KafkaBackend:
                 "transactional.id": tid,
                 "enable.idempotence": True,
                 "acks": "all",
-                "on_delivery": on_delivery,
             }
         )
         try:
@@ -578,7 +571,7 @@ class KafkaBackend:
             producer.init_transactions(self.timeout)
         except KafkaException as exc:
             raise self._fail(f"starting the transactional writer {tid!r}", exc) from None
-        writer = self._writers[ledger] = _Writer(producer, tid, deliveries=deliveries)
+        writer = self._writers[ledger] = _Writer(producer, tid)
         return writer
 
     def _drop_writer(self, ledger: str) -> None:
@@ -627,24 +620,39 @@ class KafkaBackend:
     def _transact(
         self, ledger: str, writer: _Writer, batches: Mapping[int, AppendBatch]
     ) -> dict[int, list[int]]:
+        # Delivery reports only for the first and last record of each partition: inside a
+        # transaction our records of a partition almost always sit at consecutive offsets
+        # (then the two reports give every offset); if another producer slipped records in
+        # between, _locate reads the offsets back. A failed record in the middle makes the
+        # commit fail, so no report is needed to notice it.
         producer = writer.producer
-        deliveries = writer.deliveries
-        deliveries.clear()
+        reports: dict[tuple[int, int], tuple[int, KafkaError | None]] = {}
+
+        def reporter(partition: int, position: int):
+            def on_delivery(err: KafkaError | None, msg: Message) -> None:
+                reports[(partition, position)] = (msg.offset(), err)
+
+            return on_delivery
+
         produce, poll = producer.produce, producer.poll
         try:
             producer.begin_transaction()
             for partition, batch in batches.items():
-                for record, key in zip(batch.records, batch.keys, strict=True):
-                    try:
-                        produce(ledger, record, key, partition)
-                    except BufferError:
-                        while True:
+                records, keys = batch.records, batch.keys
+                last = len(records) - 1
+                if len(keys) != len(records):
+                    raise ValueError("an AppendBatch needs one key (or None) per record")
+                for i, record in enumerate(records):
+                    cb = reporter(partition, i) if i == 0 or i == last else None
+                    while True:
+                        try:
+                            if cb is None:
+                                produce(ledger, record, keys[i], partition)
+                            else:
+                                produce(ledger, record, keys[i], partition, on_delivery=cb)
+                            break
+                        except BufferError:
                             poll(0.05)
-                            try:
-                                produce(ledger, record, key, partition)
-                                break
-                            except BufferError:
-                                continue
             remaining = producer.flush(self.timeout)
             if remaining:
                 raise KafkaException(
@@ -654,7 +662,7 @@ class KafkaBackend:
                         txn_requires_abort=True,
                     )
                 )
-            for _, _, err in deliveries:
+            for _, err in reports.values():
                 if err is not None:
                     raise KafkaException(err)
             self._commit(producer)
@@ -666,16 +674,39 @@ class KafkaBackend:
             ) from None
         except KafkaException as exc:
             self._transaction_failed(ledger, writer, exc)
-        offsets: dict[int, list[int]] = {p: [] for p in batches}
-        for partition, offset, _ in deliveries:
-            offsets[partition].append(offset)
+        offsets: dict[int, list[int]] = {}
         for partition, batch in batches.items():
-            if len(offsets[partition]) != len(batch.records):
+            n = len(batch.records)
+            first = reports.get((partition, 0))
+            last = reports.get((partition, n - 1))
+            if first is None or last is None:
                 self._drop_writer(ledger)
                 raise BackendUnavailable(
-                    f"ledger {ledger!r} partition {partition}: {len(offsets[partition])} "
-                    f"delivery reports for {len(batch.records)} records"
+                    f"ledger {ledger!r} partition {partition}: the broker committed the append "
+                    "but sent no delivery report; the next append re-reads the heads"
                 )
+            if last[0] - first[0] == n - 1:
+                offsets[partition] = list(range(first[0], last[0] + 1))
+            else:
+                offsets[partition] = self._locate(ledger, partition, first[0], last[0], batch)
+        return offsets
+
+    def _locate(
+        self, ledger: str, partition: int, first: int, last: int, batch: AppendBatch
+    ) -> list[int]:
+        """Offsets of our just-committed records when other records were interleaved."""
+        records, offsets, i = batch.records, [], 0
+        with self._lock:
+            for msgs in self._fetch(self._reader(), ledger, partition, first, last + 1):
+                for m in msgs:
+                    if i < len(records) and m.value() == records[i]:
+                        offsets.append(m.offset())
+                        i += 1
+        if i != len(records):
+            raise BackendUnavailable(
+                f"ledger {ledger!r} partition {partition}: found only {i} of the "
+                f"{len(records)} records just committed at offsets {first}..{last}"
+            )
         return offsets
 
     def _commit(self, producer: Producer) -> None:

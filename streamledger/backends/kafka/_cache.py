@@ -3,8 +3,9 @@
 Kafka is not a random-access store, so each ledger gets one SQLite file in the backend's
 ``state_dir`` holding, per partition:
 
-* ``nodes``: every perfect Merkle subtree hash (level 0 = leaf hashes), so an inclusion or
-  consistency proof costs O(log n) lookups;
+* ``node_runs``: every perfect Merkle subtree hash (level 0 = leaf hashes), stored as runs
+  of consecutive indices of one level (an append of k leaves completes one run per level,
+  so a batch costs a few rows, not 2k), so a proof costs O(log n) indexed lookups;
 * ``segments``: a run-length seq -> Kafka offset index (one row per transaction and
   partition: inside a transaction a writer's records sit at consecutive offsets, the commit
   marker shifts the next run by one), so ``read(seq)`` seeks straight to the record;
@@ -23,18 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamledger.backends.base import Node
+from streamledger.core.entry import HASH_SIZE
 from streamledger.errors import BackendUnavailable
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
+CREATE TABLE IF NOT EXISTS node_runs (
     partition INTEGER NOT NULL,
     level INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (partition, level, idx)
+    first_idx INTEGER NOT NULL,
+    hashes BLOB NOT NULL,
+    PRIMARY KEY (partition, level, first_idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments (
     partition INTEGER NOT NULL,
@@ -91,6 +93,25 @@ def segments_of(first_seq: int, offsets: list[int]) -> list[tuple[int, int, int]
     return runs
 
 
+def node_runs(nodes: list[Node]) -> list[tuple[int, int, bytes]]:
+    """Group nodes into ``(level, first_index, concatenated hashes)`` runs of consecutive
+    indices (what one append completes at each level)."""
+    open_runs: dict[int, list] = {}  # level -> [first index, next index, hashes]
+    runs: list[tuple[int, int, bytes]] = []
+    for level, index, h in nodes:
+        run = open_runs.get(level)
+        if run is not None and run[1] == index:
+            run[1] = index + 1
+            run[2].append(h)
+            continue
+        if run is not None:
+            runs.append((level, run[0], b"".join(run[2])))
+        open_runs[level] = [index, index + 1, [h]]
+    for level, (first, _, hashes) in open_runs.items():
+        runs.append((level, first, b"".join(hashes)))
+    return runs
+
+
 class NodeCache:
     """One ledger's cache file. Thread-safe (one connection behind a lock)."""
 
@@ -139,10 +160,17 @@ class NodeCache:
 
     def get_node(self, partition: int, level: int, index: int) -> bytes | None:
         rows = self._run(
-            "SELECT hash FROM nodes WHERE partition=? AND level=? AND idx=?",
+            "SELECT first_idx, hashes FROM node_runs WHERE partition=? AND level=? "
+            "AND first_idx<=? ORDER BY first_idx DESC LIMIT 1",
             (partition, level, index),
         )
-        return bytes(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        first, hashes = rows[0]
+        pos = (index - first) * HASH_SIZE
+        if pos + HASH_SIZE > len(hashes):
+            return None
+        return bytes(hashes[pos : pos + HASH_SIZE])
 
     def offset_of(self, partition: int, seq: int) -> int | None:
         rows = self._run(
@@ -169,8 +197,8 @@ class NodeCache:
                         p = up.partition
                         if up.nodes:
                             conn.executemany(
-                                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)",
-                                [(p, lvl, idx, h) for lvl, idx, h in up.nodes],
+                                "INSERT OR REPLACE INTO node_runs VALUES (?, ?, ?, ?)",
+                                [(p, *run) for run in node_runs(up.nodes)],
                             )
                         if up.offsets:
                             conn.executemany(
@@ -192,7 +220,7 @@ class NodeCache:
     def reset(self, partition: int | None = None) -> None:
         """Forget a partition (or everything): it will be rebuilt from the topic."""
         with self._lock:
-            for table in ("nodes", "segments", "frontier"):
+            for table in ("node_runs", "segments", "frontier"):
                 if partition is None:
                     self._run(f"DELETE FROM {table}")
                 else:
