@@ -217,6 +217,42 @@ def header_length(record: bytes) -> int:
     return end
 
 
+def header_prefix(ledger: str, partition: int) -> bytes:
+    """The bytes every v1 header of ``ledger``/``partition`` starts with."""
+    ledger_b = ledger.encode("utf-8")
+    return _PREFIX.pack(MAGIC, VERSION, len(ledger_b)) + ledger_b + partition.to_bytes(4, "big")
+
+
+def chain_fields(record: bytes, prefix: bytes) -> tuple[int, bytes, bytes, int, int] | None:
+    """The fields a verifier's fast path needs, without building objects.
+
+    Returns ``(seq, prev_hash, payload_hash, payload_size, header_end)`` if ``record`` starts
+    with ``prefix`` (see :func:`header_prefix`) and holds a whole header; otherwise None, and
+    the caller decodes the record with :func:`decode_record` to learn what is wrong.
+    """
+    if not record.startswith(prefix):
+        return None
+    pos = len(prefix)
+    try:
+        seq = int.from_bytes(record[pos : pos + 8], "big")
+        pos += 16  # seq, timestamp
+        pos += 1 + record[pos]  # producer
+        pos += 1 + record[pos]  # content type
+        pos += 2 + ((record[pos] << 8) | record[pos + 1])  # key
+    except IndexError:
+        return None
+    end = pos + 72
+    if len(record) < end:
+        return None
+    return (
+        seq,
+        record[pos : pos + 32],
+        record[pos + 32 : pos + 64],
+        int.from_bytes(record[pos + 64 : end], "big"),
+        end,
+    )
+
+
 def decode_record(record: bytes) -> Entry:
     """Decode ``header || payload``. Raises FormatError / UnknownVersionError on bad bytes.
 

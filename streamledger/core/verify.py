@@ -44,13 +44,21 @@ records is genuine at the tail uses the store's Merkle nodes as a hint only.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from streamledger.core.checkpoint import Checkpoint, verify_checkpoint
-from streamledger.core.entry import ZERO_HASH, Entry, StoredRecord, decode_record
+from streamledger.core.entry import (
+    ZERO_HASH,
+    Entry,
+    StoredRecord,
+    chain_fields,
+    decode_record,
+    header_prefix,
+)
 from streamledger.core.merkle import CompactRange
 from streamledger.core.note import VerifierKey
 from streamledger.errors import (
@@ -139,9 +147,10 @@ class _TrustedCheckpoint:
 
 
 class _Item:
-    __slots__ = ("offset", "entry", "leaf", "error")
+    __slots__ = ("record", "offset", "entry", "leaf", "error")
 
     def __init__(self, record: StoredRecord) -> None:
+        self.record = record
         self.offset = record.offset
         self.entry: Entry | None = None
         self.leaf = b""
@@ -419,11 +428,21 @@ class PartitionVerifier:
             return None
 
     def feed(self, records: Iterable[StoredRecord]) -> None:
-        """Verify ``records`` (storage order). May be called once per partition."""
+        """Verify ``records`` (storage order). May be called once per partition.
+
+        Honest stretches of the log go through :meth:`_fast_run`, which checks each record
+        against the raw bytes without building objects; any record that does not plainly
+        continue the chain, and its neighbours, go through the careful path that decides
+        what kind of tampering it is."""
         source: Iterator[StoredRecord] = iter(records)
         buf: deque[_Item] = deque()
         fits = self._fits
         while True:
+            if not buf and self._pending is None:
+                handover = self._fast_run(source)
+                if not handover:
+                    break
+                buf.extend(_Item(record) for record in handover)
             while len(buf) < 3:
                 record = next(source, None)
                 if record is None:
@@ -437,8 +456,71 @@ class PartitionVerifier:
             if fits(cur):
                 if not self._conflict(cur, buf):
                     self._accept(cur)
-                continue
-            self._misfit(cur, buf)
+            else:
+                self._misfit(cur, buf)
+            if self._pending is None and buf:
+                # Back to the fast path with whatever the careful path has not used.
+                rest = [item.record for item in buf]
+                buf.clear()
+                source = itertools.chain(rest, source)
+
+    def _fast_run(self, source: Iterator[StoredRecord]) -> list[StoredRecord]:
+        """Accept records while each one continues the chain, carries its payload intact,
+        and is followed by a record that links to it. Returns the records the careful path
+        must look at (the first one not accepted, and its successor); [] at the end."""
+        sha256 = hashlib.sha256
+        prefix = header_prefix(self.ledger, self.partition)
+        tree = self.tree
+        cps = self.checkpoints
+        next_cp = cps[self._cp_index].tree_size if self._cp_index < len(cps) else -1
+        expected, prev = self.expected, self.prev_leaf
+        accepted = 0
+        last_offset = self.prev_offset
+        cur = next(source, None)
+        handover: list[StoredRecord] = []
+        if cur is None:
+            return handover
+        fields = chain_fields(cur.value, prefix)
+        try:
+            while True:
+                value = cur.value
+                if (
+                    fields is None
+                    or fields[0] != expected
+                    or fields[1] != prev
+                    or len(value) - fields[4] != fields[3]
+                    or sha256(value[fields[4] :]).digest() != fields[2]
+                ):
+                    handover = [cur]
+                    return handover
+                nxt = next(source, None)
+                if nxt is None:
+                    handover = [cur]  # the last record: let the careful path finish
+                    return handover
+                leaf = sha256(b"\x00" + value[: fields[4]]).digest()
+                nxt_fields = chain_fields(nxt.value, prefix)
+                if nxt_fields is None or nxt_fields[0] != expected + 1 or nxt_fields[1] != leaf:
+                    handover = [cur, nxt]
+                    return handover
+                if tree.size + 1 == next_cp:
+                    self._prefix = tree.copy()
+                tree.append(leaf)
+                accepted += 1
+                expected += 1
+                prev = leaf
+                last_offset = cur.offset
+                if tree.size == next_cp:
+                    self.expected, self.prev_leaf, self.prev_offset = expected, prev, last_offset
+                    self._check_checkpoints()
+                    next_cp = cps[self._cp_index].tree_size if self._cp_index < len(cps) else -1
+                    if self._pending is not None:
+                        handover = [nxt]
+                        return handover
+                cur, fields = nxt, nxt_fields
+        finally:
+            self.report.entries_checked += accepted
+            if accepted:
+                self.expected, self.prev_leaf, self.prev_offset = expected, prev, last_offset
 
     def _conflict(self, cur: _Item, buf: deque[_Item]) -> bool:
         """``cur`` fits, but does the next record claim the same seq with a better claim?"""
