@@ -122,6 +122,8 @@ def unavailable(bootstrap: str, what: str, exc: BaseException | str, last: str =
     if err is not None and err.code() in UNKNOWN_TOPIC_CODES:
         return ConfigError(f"{what}: topic or partition does not exist on {bootstrap}: {detail}")
     hint = f"; last client error: {last}" if last and last not in detail else ""
+    if err is None or err.code() in UNREACHABLE_CODES:
+        hint += " (is the cluster running and reachable at that address?)"
     return BackendUnavailable(f"Kafka at {bootstrap}: {what} failed: {detail}{hint}")
 
 
