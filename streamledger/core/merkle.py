@@ -385,6 +385,18 @@ class CompactRange:
         hashes.append(h)
         return completed
 
+    def push(self, leaf_hash: bytes) -> None:
+        """Add the next leaf without reporting completed nodes (for verifiers, which only
+        need the root). ``leaf_hash`` must be 32 bytes; it is not checked here."""
+        index = self._size
+        self._size = index + 1
+        hashes = self._hashes
+        h = leaf_hash
+        while index & 1:
+            h = _sha256(_NODE_PREFIX + hashes.pop() + h).digest()
+            index >>= 1
+        hashes.append(h)
+
     def root(self) -> bytes:
         """RFC 6962 root of the current size (:data:`EMPTY_ROOT` when empty)."""
         hashes = self._hashes

@@ -36,6 +36,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -241,6 +242,10 @@ class VerifierKey:
     def matches(self, name: str, key_id: bytes) -> bool:
         """Whether a signature line's name and key ID designate this key."""
         return name == self._name and key_id == self._key_hash
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Public keys travel to verification worker processes as their vkey text.
+        return (VerifierKey.parse, (str(self),))
 
     def __str__(self) -> str:
         key = _b64encode(bytes([self._key_type]) + self._public)

@@ -504,7 +504,7 @@ class PartitionVerifier:
                     return handover
                 if tree.size + 1 == next_cp:
                     self._prefix = tree.copy()
-                tree.append(leaf)
+                tree.push(leaf)
                 accepted += 1
                 expected += 1
                 prev = leaf

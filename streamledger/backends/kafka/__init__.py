@@ -10,6 +10,7 @@ from streamledger.backends.kafka._admin import (
     REGISTRY_TOPIC,
     checkpoints_topic,
     history_topic,
+    producer_settings,
 )
 from streamledger.backends.kafka._backend import KafkaBackend
 
@@ -21,4 +22,5 @@ __all__ = [
     "REGISTRY_TOPIC",
     "checkpoints_topic",
     "history_topic",
+    "producer_settings",
 ]

@@ -131,6 +131,23 @@ def safe_dirname(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "cluster"
 
 
+def producer_settings(timeout: float = 10.0) -> dict[str, Any]:
+    """The producer settings of the ledger writer (the benchmark uses the same for raw
+    confluent-kafka, so both are measured with one configuration)."""
+    tx_ms = int(max(60.0, timeout * 3) * 1000)
+    return {
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "transaction.timeout.ms": tx_ms,
+        "message.timeout.ms": tx_ms,
+        "socket.connection.setup.timeout.ms": str(int(timeout * 1000)),
+        "enable.idempotence": True,
+        "acks": "all",
+    }
+
+
 def client_config(
     bootstrap: str, user: dict[str, str], error_cb: Any, **defaults: Any
 ) -> dict[str, Any]:

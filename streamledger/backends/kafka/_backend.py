@@ -49,6 +49,7 @@ from streamledger.backends.kafka._admin import (
     history_topic,
     kafka_error,
     log,
+    producer_settings,
     safe_dirname,
     topic_settings,
     transactional_id_for,
@@ -539,28 +540,10 @@ class KafkaBackend:
                     f"transactional id {tid!r} is already used for ledger {other!r}: "
                     "use a template with {ledger} to write several ledgers"
                 )
-        tx_ms = int(max(60.0, self.timeout * 3) * 1000)
         conf = client_config(
-            self.bootstrap,
-            self._user,
-            self._on_error,
-            **{
-                "linger.ms": 5,
-                "batch.size": 1_000_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 1_048_576,
-                "transaction.timeout.ms": tx_ms,
-                "message.timeout.ms": tx_ms,
-                "socket.connection.setup.timeout.ms": str(int(self.timeout * 1000)),
-            },
+            self.bootstrap, self._user, self._on_error, **producer_settings(self.timeout)
         )
-        conf.update(
-            {
-                "transactional.id": tid,
-                "enable.idempotence": True,
-                "acks": "all",
-            }
-        )
+        conf.update({"transactional.id": tid, "enable.idempotence": True, "acks": "all"})
         try:
             producer = Producer(conf)
         except KafkaException as exc:
