@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ from streamledger.core.checkpoint import Checkpoint, sign_checkpoint
 from streamledger.core.entry import (
     ZERO_HASH,
     Entry,
-    build_record,
+    build_records,
     decode_record,
     validate_ledger_id,
 )
@@ -206,14 +207,7 @@ class Ledger:
         """Append entries all or nothing (one backend transaction); receipts in input order.
 
         Without ``partition``, each item's key chooses its partition."""
-        normalized: list[AppendItem] = []
-        for item in items:
-            if isinstance(item, AppendItem):
-                normalized.append(item)
-            elif isinstance(item, bytes | bytearray | memoryview):
-                normalized.append(AppendItem(bytes(item)))
-            else:
-                raise TypeError(f"payloads must be bytes or AppendItem, not {type(item).__name__}")
+        normalized = [_normalize(item) for item in items]
         if partition is not None:
             self._check_partition(partition)
         with self._lock:
@@ -237,47 +231,101 @@ class Ledger:
         return writer
 
     def _append_once(self, items: Sequence[AppendItem], targets: Sequence[int]) -> list[Receipt]:
+        staged = self._stage(items, targets, self._writers_view())
+        return self._commit(staged)
+
+    def _writers_view(self) -> dict[int, tuple[int, bytes, CompactRange]]:
+        """Heads to build the next batch on: partition -> (size, prev leaf, tree)."""
+        return {p: (w.size, w.prev_leaf, w.tree) for p, w in self._writers.items()}
+
+    def _stage(
+        self,
+        items: Sequence[AppendItem],
+        targets: Sequence[int],
+        heads: dict[int, tuple[int, bytes, CompactRange]],
+    ) -> _Staged:
+        """Build the records and Merkle nodes of a batch on ``heads`` (updated in place)."""
         timestamp = self._clock()
-        name, producer = self.name, self.producer
-        staged: dict[int, tuple[int, bytes, CompactRange, list[bytes], list, list[Node]]] = {}
-        placed: list[tuple[int, int, bytes]] = []  # (partition, seq, leaf) per item
-        for item, part in zip(items, targets, strict=True):
-            state = staged.get(part)
-            if state is None:
+        by_partition: dict[int, list[int]] = {}
+        for index, part in enumerate(targets):
+            by_partition.setdefault(part, []).append(index)
+        batches: dict[int, AppendBatch] = {}
+        placed: list[tuple[int, int, bytes]] = [(0, 0, b"")] * len(items)
+        for part, indexes in by_partition.items():
+            head = heads.get(part)
+            if head is None:
                 writer = self._writer(part)
-                state = (writer.size, writer.prev_leaf, writer.tree.copy(), [], [], [])
-            first, prev, tree, records, keys, nodes = state
-            seq = first + len(records)
-            record, leaf = build_record(
-                name,
+                head = (writer.size, writer.prev_leaf, writer.tree)
+            first, prev, tree = head
+            tree = tree.copy()
+            records, leaves = build_records(
+                self.name,
                 part,
-                seq,
+                first,
                 timestamp,
-                producer,
-                item.content_type or DEFAULT_CONTENT_TYPE,
-                item.key or b"",
+                self.producer,
                 prev,
-                item.payload,
+                [
+                    (
+                        items[i].payload,
+                        items[i].key or b"",
+                        items[i].content_type or DEFAULT_CONTENT_TYPE,
+                    )
+                    for i in indexes
+                ],
             )
-            records.append(record)
-            keys.append(item.key)
-            nodes.extend(tree.append(leaf))
-            staged[part] = (first, leaf, tree, records, keys, nodes)
-            placed.append((part, seq, leaf))
-        batches = {
-            part: AppendBatch(first, records, keys, nodes)
-            for part, (first, _, _, records, keys, nodes) in staged.items()
-        }
-        offsets = self.backend.append(name, batches)
-        for part, (first, prev, tree, records, _, _) in staged.items():
-            writer = self._writers[part]
-            writer.size = first + len(records)
-            writer.prev_leaf = prev
-            writer.tree = tree
+            nodes: list[Node] = []
+            for leaf in leaves:
+                nodes.extend(tree.append(leaf))
+            batches[part] = AppendBatch(first, records, [items[i].key for i in indexes], nodes)
+            for offset, (i, leaf) in enumerate(zip(indexes, leaves, strict=True)):
+                placed[i] = (part, first + offset, leaf)
+            heads[part] = (first + len(records), leaves[-1], tree)
+        return _Staged(batches, placed, {p: heads[p] for p in batches})
+
+    def _commit(self, staged: _Staged) -> list[Receipt]:
+        """Hand a staged batch to the backend; on success, move the writers' heads."""
+        offsets = self.backend.append(self.name, staged.batches)
+        for part, (size, prev, tree) in staged.heads.items():
+            writer = self._writer(part)
+            writer.size, writer.prev_leaf, writer.tree = size, prev, tree
         return [
-            Receipt(name, part, seq, leaf, offsets[part][seq - staged[part][0]])
-            for part, seq, leaf in placed
+            Receipt(self.name, part, seq, leaf, offsets[part][seq - staged.batches[part].first_seq])
+            for part, seq, leaf in staged.placed
         ]
+
+    def append_stream(
+        self,
+        items: Iterable[bytes | AppendItem],
+        *,
+        batch_size: int = 1000,
+        partition: int | None = None,
+    ) -> Iterator[Receipt]:
+        """Append a long stream in batches of ``batch_size``, each batch atomic.
+
+        While the backend writes one batch (a Kafka transaction commits, SQLite syncs), the
+        next one is built, so hashing overlaps I/O. Receipts come in input order once their
+        batch is stored. If a batch fails, the error is raised and nothing after it is
+        written; the batches before it stay written (their receipts were yielded)."""
+        if batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        if partition is not None:
+            self._check_partition(partition)
+        with self._lock, ThreadPoolExecutor(1, thread_name_prefix="streamledger-append") as pool:
+            heads = self._writers_view()
+            in_flight: Future[list[Receipt]] | None = None
+            for chunk in _chunks(items, batch_size):
+                normalized = [_normalize(item) for item in chunk]
+                targets = [
+                    partition if partition is not None else self.choose_partition(item.key)
+                    for item in normalized
+                ]
+                staged = self._stage(normalized, targets, heads)
+                if in_flight is not None:
+                    yield from in_flight.result()
+                in_flight = pool.submit(self._commit, staged)
+            if in_flight is not None:
+                yield from in_flight.result()
 
     # -- reading -----------------------------------------------------------------------
     def size(self, partition: int) -> int:
@@ -439,6 +487,29 @@ class Ledger:
                 )
             )
         return LedgerReport(self.name, reports)
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A built batch: per-partition backend batches, where each item landed, the new heads."""
+
+    batches: dict[int, AppendBatch]
+    placed: list[tuple[int, int, bytes]]
+    heads: dict[int, tuple[int, bytes, CompactRange]]
+
+
+def _normalize(item: bytes | AppendItem) -> AppendItem:
+    if isinstance(item, AppendItem):
+        return item
+    if isinstance(item, bytes | bytearray | memoryview):
+        return AppendItem(bytes(item))
+    raise TypeError(f"payloads must be bytes or AppendItem, not {type(item).__name__}")
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _counting(records: Iterable[Any], partition: int, progress: Callable[[int, int], None]):

@@ -121,6 +121,10 @@ class KafkaBackend:
         self._last_error = ""
         self._lock = threading.RLock()
         self._writers: dict[str, _Writer] = {}
+        # Read-your-writes: the end offset of our last committed transaction per partition.
+        # Commit markers reach partitions asynchronously, so a read right after a commit
+        # waits (bounded) until the last stable offset has passed our records.
+        self._written_end: dict[tuple[str, int], int] = {}
         self._caches: dict[str, NodeCache] = {}
         self._validated: set[tuple[str, int]] = set()
         self._topic_ids: dict[str, str] = {}
@@ -210,15 +214,22 @@ class KafkaBackend:
         return self._reader_consumer
 
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
-        """(low watermark, last stable offset) of a partition, asked from the broker."""
-        with self._lock:
-            try:
-                low, high = self._reader().get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self.timeout, cached=False
-                )
-            except KafkaException as exc:
-                raise self._fail(f"reading the end of {topic}[{partition}]", exc) from None
-        return low, high
+        """(low watermark, last stable offset) of a partition, asked from the broker.
+
+        Never earlier than the end of this backend's own last committed write."""
+        written = self._written_end.get((topic, partition), 0)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            with self._lock:
+                try:
+                    low, high = self._reader().get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=self.timeout, cached=False
+                    )
+                except KafkaException as exc:
+                    raise self._fail(f"reading the end of {topic}[{partition}]", exc) from None
+            if high >= written or time.monotonic() > deadline:
+                return low, high
+            time.sleep(0.005)
 
     def _fetch(
         self, consumer: Consumer, topic: str, partition: int, start: int, stop: int
@@ -594,6 +605,7 @@ class KafkaBackend:
                 offs = offsets[partition]
                 size = batch.first_seq + len(batch.records)
                 front = Frontier(offs[-1] + 1, size, _leaf_of(batch.records[-1]), offs[-1])
+                self._written_end[(ledger, partition)] = offs[-1] + 1
                 updates.append(
                     CacheUpdate(partition, batch.first_seq, offs, list(batch.nodes), front)
                 )
