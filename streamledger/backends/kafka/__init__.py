@@ -9,6 +9,7 @@ from streamledger.backends.kafka._admin import (
     HISTORY_SUFFIX,
     REGISTRY_TOPIC,
     checkpoints_topic,
+    consumer_settings,
     history_topic,
     producer_settings,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "KafkaBackend",
     "REGISTRY_TOPIC",
     "checkpoints_topic",
+    "consumer_settings",
     "history_topic",
     "producer_settings",
 ]

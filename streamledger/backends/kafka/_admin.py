@@ -148,6 +148,23 @@ def producer_settings(timeout: float = 10.0) -> dict[str, Any]:
     }
 
 
+def consumer_settings(timeout: float = 10.0) -> dict[str, Any]:
+    """The consumer settings of every reader (scan, read, verify); the benchmark's raw
+    consumer uses the same."""
+    return {
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "queued.min.messages": 200_000,
+        "fetch.wait.max.ms": 20,
+        "socket.connection.setup.timeout.ms": str(int(timeout * 1000)),
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    }
+
+
 def client_config(
     bootstrap: str, user: dict[str, str], error_cb: Any, **defaults: Any
 ) -> dict[str, Any]:

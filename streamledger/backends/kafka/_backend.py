@@ -29,7 +29,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from streamledger.backends.kafka._admin import (
     check_ledger_name,
     checkpoints_topic,
     client_config,
+    consumer_settings,
     describe,
     history_topic,
     kafka_error,
@@ -69,10 +70,34 @@ from streamledger.errors import (
 _FETCH_BATCH = 10_000
 _CACHE_FLUSH = 50_000
 _READER_GROUP = "streamledger-reader"  # assign() only: never joins, never commits
+# send_offsets_to_transaction refused: the consumer's group generation is stale (KIP-447)
+_GROUP_FENCED_CODES = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+#: (topic, partition or None, key, value, headers) produced in an append's transaction
+ExtraRecord = tuple[
+    str, "int | None", "bytes | None", "bytes | None", "list[tuple[str, bytes]] | None"
+]
 
 
 def _leaf_of(record: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + record[: header_length(record)]).digest()
+
+
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
 
 
 @dataclass
@@ -95,6 +120,8 @@ class KafkaBackend:
     the placeholders ``{ledger}`` and ``{host}`` (default ``streamledger-{ledger}``: every
     writer of a ledger fences the previous one, wherever it runs). ``timeout`` bounds every
     broker round trip: an unreachable cluster raises ``BackendUnavailable`` instead of hanging.
+    ``transaction_timeout`` (seconds, default ``max(60, 3 * timeout)``) is the writer's
+    ``transaction.timeout.ms``: how long a crashed writer's open transaction can block readers.
     """
 
     def __init__(
@@ -105,6 +132,7 @@ class KafkaBackend:
         state_dir: str | Path | None = None,
         transactional_id: str | None = None,
         timeout: float = 10.0,
+        transaction_timeout: float | None = None,
     ) -> None:
         if not bootstrap_servers or not isinstance(bootstrap_servers, str):
             raise ConfigError(
@@ -118,6 +146,7 @@ class KafkaBackend:
         self.timeout = float(timeout)
         self._user = user
         self._tid_template = transactional_id or DEFAULT_TRANSACTIONAL_ID
+        self._tx_timeout = transaction_timeout
         self._last_error = ""
         self._lock = threading.RLock()
         self._writers: dict[str, _Writer] = {}
@@ -185,24 +214,11 @@ class KafkaBackend:
             self.bootstrap,
             self._user,
             self._on_error,
-            **{
-                "group.id": _READER_GROUP,
-                "max.partition.fetch.bytes": 8 * 1024 * 1024,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "queued.min.messages": 200_000,
-                "fetch.wait.max.ms": 20,
-                "socket.connection.setup.timeout.ms": str(int(self.timeout * 1000)),
-            },
+            **{"group.id": _READER_GROUP, **consumer_settings(self.timeout)},
         )
-        conf.update(
-            {
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-            }
-        )
+        # Our reading semantics are not the user's to change.
+        for key in ("enable.auto.commit", "isolation.level", "enable.partition.eof"):
+            conf[key] = consumer_settings()[key]
         try:
             return Consumer(conf)
         except KafkaException as exc:
@@ -226,6 +242,15 @@ class KafkaBackend:
                         TopicPartition(topic, partition), timeout=self.timeout, cached=False
                     )
                 except KafkaException as exc:
+                    # Leadership moves after a topic is created or a broker restarts.
+                    err = kafka_error(exc)
+                    if (
+                        err is not None
+                        and err.code() in _TRANSIENT_CODES
+                        and time.monotonic() < deadline
+                    ):
+                        time.sleep(0.05)
+                        continue
                     raise self._fail(f"reading the end of {topic}[{partition}]", exc) from None
             if high >= written or time.monotonic() > deadline:
                 return low, high
@@ -416,10 +441,26 @@ class KafkaBackend:
         if tid is None:
             from confluent_kafka import TopicCollection
 
-            futures = self._admin.describe_topics(
-                TopicCollection([topic]), request_timeout=self.timeout
-            )
-            desc = self._wait(f"describing topic {topic}", futures[topic])
+            # A topic just created may take a moment to appear in every broker's metadata.
+            deadline = time.monotonic() + self.timeout
+            while True:
+                futures = self._admin.describe_topics(
+                    TopicCollection([topic]), request_timeout=self.timeout
+                )
+                try:
+                    desc = futures[topic].result(timeout=self.timeout + 1)
+                    break
+                except KafkaException as exc:
+                    err = kafka_error(exc)
+                    unknown = err is not None and err.code() in (
+                        KafkaError.UNKNOWN_TOPIC_OR_PART,
+                        KafkaError._UNKNOWN_TOPIC,
+                    )
+                    if not unknown or time.monotonic() > deadline:
+                        raise self._fail(f"describing topic {topic}", exc) from None
+                    time.sleep(0.05)
+                except TimeoutError:
+                    raise self._fail(f"describing topic {topic}", "no answer") from None
             tid = self._topic_ids[topic] = str(desc.topic_id)
         return tid
 
@@ -554,6 +595,9 @@ class KafkaBackend:
         conf = client_config(
             self.bootstrap, self._user, self._on_error, **producer_settings(self.timeout)
         )
+        if self._tx_timeout is not None:
+            tx_ms = int(self._tx_timeout * 1000)
+            conf.update({"transaction.timeout.ms": tx_ms, "message.timeout.ms": tx_ms})
         conf.update({"transactional.id": tid, "enable.idempotence": True, "acks": "all"})
         try:
             producer = Producer(conf)
@@ -574,7 +618,37 @@ class KafkaBackend:
             with contextlib.suppress(KafkaException, RuntimeError):
                 writer.producer.purge()
 
-    def append(self, ledger: str, batches: Mapping[int, AppendBatch]) -> dict[int, list[int]]:
+    def forget_heads(self, ledger: str, partitions: Iterable[int] | None = None) -> None:
+        """Re-read the heads of these partitions (default all) from the topic before the next
+        append, e.g. after another writer (a sequencer of another group member) wrote them."""
+        with self._lock:
+            writer = self._writers.get(ledger)
+            if writer is not None:
+                if partitions is None:
+                    writer.synced.clear()
+                else:
+                    writer.synced.difference_update(partitions)
+
+    def append(
+        self,
+        ledger: str,
+        batches: Mapping[int, AppendBatch],
+        *,
+        consumer_offsets: Sequence[TopicPartition] | None = None,
+        group_metadata: Any = None,
+        extra_records: Sequence[ExtraRecord] | None = None,
+    ) -> dict[int, list[int]]:
+        """Append batches in one Kafka transaction (see :class:`Backend`).
+
+        Kafka-only additions to the same transaction: ``extra_records`` are produced to other
+        topics, and ``consumer_offsets`` (positions to commit, i.e. last offset + 1) are
+        committed for the consumer group of ``group_metadata``
+        (``Consumer.consumer_group_metadata()``) with ``send_offsets_to_transaction``: a
+        consumer-to-ledger pipeline is then exactly once, and a consumer of an older group
+        generation (a zombie) is fenced (KIP-447): its transaction is aborted, nothing of it
+        is written, and the append raises ``WriteConflict``."""
+        if consumer_offsets and group_metadata is None:
+            raise ConfigError("consumer_offsets need the consumer's group_metadata")
         config = self.ledger_config(ledger)
         for partition in batches:
             if not 0 <= partition < config.partitions:
@@ -582,7 +656,8 @@ class KafkaBackend:
                     f"ledger {ledger!r} has partitions 0..{config.partitions - 1}, not {partition}"
                 )
         batches = {p: b for p, b in batches.items() if b.records}
-        if not batches:
+        extras = (list(extra_records or ()), list(consumer_offsets or ()), group_metadata)
+        if not batches and not extras[0] and not extras[1]:
             return {}
         with self._lock:
             writer = self._writer(ledger)
@@ -599,7 +674,7 @@ class KafkaBackend:
                         f"the batch starts at seq {batch.first_seq}: another writer appended "
                         "meanwhile"
                     )
-            offsets = self._transact(ledger, writer, batches)
+            offsets = self._transact(ledger, writer, batches, extras)
             updates = []
             for partition, batch in batches.items():
                 offs = offsets[partition]
@@ -613,7 +688,11 @@ class KafkaBackend:
             return offsets
 
     def _transact(
-        self, ledger: str, writer: _Writer, batches: Mapping[int, AppendBatch]
+        self,
+        ledger: str,
+        writer: _Writer,
+        batches: Mapping[int, AppendBatch],
+        extras: tuple[list[ExtraRecord], list[TopicPartition], Any] = ([], [], None),
     ) -> dict[int, list[int]]:
         # Delivery reports only for the first and last record of each partition: inside a
         # transaction our records of a partition almost always sit at consecutive offsets
@@ -648,6 +727,20 @@ class KafkaBackend:
                             break
                         except BufferError:
                             poll(0.05)
+            extra_records, consumer_offsets, group_metadata = extras
+            for topic, partition, key, value, headers in extra_records:
+                while True:
+                    try:
+                        produce(
+                            topic,
+                            value,
+                            key,
+                            -1 if partition is None else partition,
+                            headers=headers,
+                        )
+                        break
+                    except BufferError:
+                        poll(0.05)
             remaining = producer.flush(self.timeout)
             if remaining:
                 raise KafkaException(
@@ -660,6 +753,8 @@ class KafkaBackend:
             for _, err in reports.values():
                 if err is not None:
                     raise KafkaException(err)
+            if consumer_offsets:
+                producer.send_offsets_to_transaction(consumer_offsets, group_metadata, self.timeout)
             self._commit(producer)
         except _CommitUnknown as exc:
             self._drop_writer(ledger)
@@ -745,6 +840,11 @@ class KafkaBackend:
                     "and fenced this one; nothing of this append was written."
                 )
                 raise WriteConflict(message) from None
+        if err is not None and err.code() in _GROUP_FENCED_CODES:
+            raise WriteConflict(
+                f"ledger {ledger!r}: the consumer group moved on ({text}): this consumer no "
+                "longer owns its partitions; the transaction was aborted, nothing was written"
+            ) from None
         raise self._fail(
             f"appending to ledger {ledger!r} (transaction aborted, nothing was written)", exc
         ) from None
