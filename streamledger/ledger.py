@@ -16,11 +16,12 @@ batch on the new head and retries.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -202,22 +203,39 @@ class Ledger:
         return self.append_many([AppendItem(payload, key, content_type)], partition=partition)[0]
 
     def append_many(
-        self, items: Iterable[bytes | AppendItem], *, partition: int | None = None
+        self,
+        items: Iterable[bytes | AppendItem],
+        *,
+        partition: int | None = None,
+        partitions: Sequence[int] | None = None,
+        transaction: dict[str, Any] | None = None,
     ) -> list[Receipt]:
         """Append entries all or nothing (one backend transaction); receipts in input order.
 
-        Without ``partition``, each item's key chooses its partition."""
+        Without ``partition``, each item's key chooses its partition; ``partitions`` gives
+        one partition per item instead. ``transaction`` is passed to the backend's
+        ``append`` as keyword arguments (Kafka: ``consumer_offsets``, ``group_metadata``,
+        ``extra_records`` written in the same transaction)."""
         normalized = [_normalize(item) for item in items]
         if partition is not None:
             self._check_partition(partition)
+        if partitions is not None:
+            if partition is not None or len(partitions) != len(normalized):
+                raise ConfigError("partitions= needs one partition per item, without partition=")
+            for p in set(partitions):
+                self._check_partition(p)
         with self._lock:
-            targets = [
-                partition if partition is not None else self.choose_partition(item.key)
-                for item in normalized
-            ]
+            targets = (
+                list(partitions)
+                if partitions is not None
+                else [
+                    partition if partition is not None else self.choose_partition(item.key)
+                    for item in normalized
+                ]
+            )
             for attempt in range(_MAX_RETRIES):
                 try:
-                    return self._append_once(normalized, targets)
+                    return self._append_once(normalized, targets, transaction)
                 except WriteConflict:
                     self._writers.clear()  # another writer moved the heads: reload them
                     if attempt == _MAX_RETRIES - 1:
@@ -230,9 +248,25 @@ class Ledger:
             writer = self._writers[partition] = _PartitionWriter(self.backend, self.name, partition)
         return writer
 
-    def _append_once(self, items: Sequence[AppendItem], targets: Sequence[int]) -> list[Receipt]:
+    def _append_once(
+        self,
+        items: Sequence[AppendItem],
+        targets: Sequence[int],
+        transaction: dict[str, Any] | None = None,
+    ) -> list[Receipt]:
         staged = self._stage(items, targets, self._writers_view())
-        return self._commit(staged)
+        return self._commit(staged, transaction)
+
+    def forget_heads(self, partitions: Iterable[int] | None = None) -> None:
+        """Re-read these partitions' heads (default all) from the backend before the next
+        append: another writer may have extended them (a sequencer taking over partitions)."""
+        with self._lock:
+            parts = list(self._writers) if partitions is None else list(partitions)
+            for p in parts:
+                self._writers.pop(p, None)
+            forget = getattr(self.backend, "forget_heads", None)
+            if forget is not None:
+                forget(self.name, parts)
 
     def _writers_view(self) -> dict[int, tuple[int, bytes, CompactRange]]:
         """Heads to build the next batch on: partition -> (size, prev leaf, tree)."""
@@ -283,9 +317,12 @@ class Ledger:
             heads[part] = (first + len(records), leaves[-1], tree)
         return _Staged(batches, placed, {p: heads[p] for p in batches})
 
-    def _commit(self, staged: _Staged) -> list[Receipt]:
+    def _commit(self, staged: _Staged, transaction: dict[str, Any] | None = None) -> list[Receipt]:
         """Hand a staged batch to the backend; on success, move the writers' heads."""
-        offsets = self.backend.append(self.name, staged.batches)
+        if transaction:
+            offsets = self.backend.append(self.name, staged.batches, **transaction)
+        else:
+            offsets = self.backend.append(self.name, staged.batches)
         for part, (size, prev, tree) in staged.heads.items():
             writer = self._writer(part)
             writer.size, writer.prev_leaf, writer.tree = size, prev, tree
@@ -345,17 +382,21 @@ class Ledger:
 
         return get_node
 
-    def checkpoint(self, signer: SigningKey | None = None) -> list[str]:
-        """Sign a checkpoint for every partition that grew since its last one.
+    def checkpoint(
+        self, signer: SigningKey | None = None, *, partitions: Iterable[int] | None = None
+    ) -> list[str]:
+        """Sign a checkpoint for every partition (or those of ``partitions``) that grew since
+        its last one.
 
-        Returns the latest signed note of every partition (new or existing)."""
+        Returns the latest signed note of every such partition (new or existing)."""
         signer = signer or self.signer
         if signer is None:
             raise ConfigError(
                 f"ledger {self.name!r} has no signing key: pass one (--signing-key NAME)"
             )
         notes = []
-        for partition in range(self.partitions):
+        for partition in range(self.partitions) if partitions is None else partitions:
+            self._check_partition(partition)
             size = self.backend.head(self.name, partition).size
             existing = self.backend.checkpoints(self.name, partition)
             if existing:
@@ -464,14 +505,23 @@ class Ledger:
         *,
         partitions: Iterable[int] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        workers: int = 1,
+        opener: Callable[[], Backend] | None = None,
     ) -> LedgerReport:
         """Verify partitions (all by default) against ``trust`` (default: the init key).
 
-        ``progress(partition, entries_read)`` is called every 10,000 records."""
+        ``progress(partition, entries_read)`` is called every 10,000 records. With
+        ``workers > 1`` and an ``opener`` (a picklable function returning a new backend on the
+        same store, e.g. ``functools.partial(SQLiteBackend, path)``), partitions are verified
+        in parallel processes; progress is then reported once per finished partition."""
         trust = trust or self.default_trust()
-        reports = []
-        for partition in partitions if partitions is not None else range(self.partitions):
+        wanted = list(partitions) if partitions is not None else list(range(self.partitions))
+        for partition in wanted:
             self._check_partition(partition)
+        if workers > 1 and opener is not None and len(wanted) > 1:
+            return self._verify_parallel(trust, wanted, progress, workers, opener)
+        reports = []
+        for partition in wanted:
             records = self.backend.scan(self.name, partition)
             if progress is not None:
                 records = _counting(records, partition, progress)
@@ -487,6 +537,39 @@ class Ledger:
                 )
             )
         return LedgerReport(self.name, reports)
+
+    def _verify_parallel(
+        self,
+        trust: TrustPolicy | None,
+        wanted: list[int],
+        progress: Callable[[int, int], None] | None,
+        workers: int,
+        opener: Callable[[], Backend],
+    ) -> LedgerReport:
+        # spawn, not fork: a forked child would inherit librdkafka's threads half-copied.
+        context = multiprocessing.get_context("spawn")
+        by_partition: dict[int, PartitionReport] = {}
+        with ProcessPoolExecutor(min(workers, len(wanted)), mp_context=context) as pool:
+            futures = {
+                pool.submit(_verify_in_worker, opener, self.name, partition, trust): partition
+                for partition in wanted
+            }
+            for future in as_completed(futures):
+                report = future.result()
+                by_partition[report.partition] = report
+                if progress is not None:
+                    progress(report.partition, report.entries_checked)
+        return LedgerReport(self.name, [by_partition[p] for p in wanted])
+
+
+def _verify_in_worker(
+    opener: Callable[[], Backend], ledger: str, partition: int, trust: TrustPolicy | None
+) -> PartitionReport:
+    backend = opener()
+    try:
+        return Ledger(backend, ledger).verify(trust, partitions=[partition]).partitions[0]
+    finally:
+        backend.close()
 
 
 @dataclass(frozen=True)

@@ -471,8 +471,10 @@ class PartitionVerifier:
         sha256 = hashlib.sha256
         prefix = header_prefix(self.ledger, self.partition)
         tree = self.tree
+        push = tree.push
         cps = self.checkpoints
         next_cp = cps[self._cp_index].tree_size if self._cp_index < len(cps) else -1
+        size = tree.size
         expected, prev = self.expected, self.prev_leaf
         accepted = 0
         last_offset = self.prev_offset
@@ -502,14 +504,15 @@ class PartitionVerifier:
                 if nxt_fields is None or nxt_fields[0] != expected + 1 or nxt_fields[1] != leaf:
                     handover = [cur, nxt]
                     return handover
-                if tree.size + 1 == next_cp:
+                if size + 1 == next_cp:
                     self._prefix = tree.copy()
-                tree.push(leaf)
+                push(leaf)
+                size += 1
                 accepted += 1
                 expected += 1
                 prev = leaf
                 last_offset = cur.offset
-                if tree.size == next_cp:
+                if size == next_cp:
                     self.expected, self.prev_leaf, self.prev_offset = expected, prev, last_offset
                     self._check_checkpoints()
                     next_cp = cps[self._cp_index].tree_size if self._cp_index < len(cps) else -1
