@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,12 +46,15 @@ def kafka_bootstrap(args: argparse.Namespace) -> str | None:
     return args.bootstrap_servers or os.environ.get("STREAMLEDGER_KAFKA") or None
 
 
-def open_backend(args: argparse.Namespace, *, create: bool = False) -> Backend:
+def backend_opener(args: argparse.Namespace, *, create: bool = False) -> Callable[[], Backend]:
+    """A picklable function that opens the backend the options name (also used by parallel
+    verification workers, which open their own connections)."""
     bootstrap = kafka_bootstrap(args)
     if bootstrap:
         from streamledger.backends.kafka import KafkaBackend
 
-        return KafkaBackend(
+        return functools.partial(
+            KafkaBackend,
             bootstrap,
             config=dict(args.kafka_config),
             state_dir=data_dir(args) / "kafka-cache",
@@ -60,7 +64,11 @@ def open_backend(args: argparse.Namespace, *, create: bool = False) -> Backend:
     directory = data_dir(args)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"data directory {directory} is not a directory (check --data-dir)")
-    return SQLiteBackend(directory, create=create)
+    return functools.partial(SQLiteBackend, directory, create=create)
+
+
+def open_backend(args: argparse.Namespace, *, create: bool = False) -> Backend:
+    return backend_opener(args, create=create)()
 
 
 def open_ledger(args: argparse.Namespace, backend: Backend, *, signing_key: str | None = None):
@@ -397,12 +405,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 )
         parts = args.partition
         total = sum(ledger.size(p) for p in (parts or range(ledger.partitions)))
+        workers = args.workers
+        if workers is None:  # parallel only where it pays for the worker start-up
+            workers = min(os.cpu_count() or 1, ledger.partitions) if total > 300_000 else 1
+        opener = backend_opener(args) if workers > 1 else None
         progress, update = _progress(total)
         if progress is not None:
             with progress:
-                report = ledger.verify(trust, partitions=parts, progress=update)
+                report = ledger.verify(
+                    trust, partitions=parts, progress=update, workers=workers, opener=opener
+                )
         else:
-            report = ledger.verify(trust, partitions=parts)
+            report = ledger.verify(trust, partitions=parts, workers=workers, opener=opener)
     finally:
         backend.close()
     if args.json:
@@ -488,8 +502,49 @@ def cmd_proof_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sequencer(args: argparse.Namespace) -> int:
+    from streamledger.services.sequencer import Limits, Sequencer
+
+    bootstrap = kafka_bootstrap(args)
+    if not bootstrap:
+        raise UsageError("the sequencer needs Kafka: pass -b HOST:PORT or set STREAMLEDGER_KAFKA")
+    signer = None
+    if args.checkpoint_every or args.checkpoint_interval:
+        backend = open_backend(args)
+        try:
+            signer = open_ledger(args, backend, signing_key=args.signing_key).signer
+        finally:
+            backend.close()
+        if signer is None:
+            raise ConfigError(
+                f"no signing key for ledger {args.ledger!r}: pass --signing-key NAME, or "
+                "--checkpoint-every 0 --checkpoint-interval 0 to run without checkpoints"
+            )
+    sequencer = Sequencer(
+        bootstrap,
+        args.ledger,
+        args.intake,
+        group_id=args.group,
+        rejects=args.rejects,
+        signer=signer,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_interval=args.checkpoint_interval,
+        instance_id=args.instance_id,
+        config=dict(args.kafka_config),
+        state_dir=data_dir(args) / "kafka-cache",
+        limits=Limits(max_payload_bytes=args.max_payload_bytes, allow_empty=args.allow_empty),
+        batch_size=args.batch_size,
+        stats_interval=args.stats_interval,
+        out=sys.stderr,
+    )
+    sequencer.run(handle_signals=True)
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     command = args.command
+    if command == "sequencer":
+        return cmd_sequencer(args)
     if command == "keys":
         return cmd_keys(args)
     if command == "init":

@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_args(verify)
     verify.add_argument("--partition", "-p", type=int, action="append", help="only these")
     verify.add_argument("--json", action="store_true", help="machine-readable report")
+    verify.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="verify partitions in N processes (default: one per CPU for large ledgers)",
+    )
 
     prove = sub.add_parser("prove", help="produce an inclusion or consistency proof")
     prove_sub = prove.add_subparsers(dest="proof_kind", metavar="KIND")
@@ -162,6 +168,35 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small run, under a minute")
     bench.add_argument(
         "--output", "-o", type=Path, default=Path("bench-results.json"), help="JSON results file"
+    )
+
+    seq = sub.add_parser("sequencer", help="Kafka: the sequencer service (intake topic -> ledger)")
+    seq_sub = seq.add_subparsers(dest="sequencer_command", metavar="ACTION")
+    seq_sub.required = True
+    run = seq_sub.add_parser(
+        "run", help="sequence submissions of an intake topic into a ledger, exactly once"
+    )
+    run.add_argument("--intake", required=True, help="topic plain producers write to")
+    run.add_argument("--ledger", required=True, help="the ledger to append to")
+    run.add_argument("--group", help="consumer group (default streamledger-sequencer-LEDGER)")
+    run.add_argument(
+        "--instance-id", help="stable name of this process (fast takeover after a crash)"
+    )
+    run.add_argument(
+        "--checkpoint-every", type=int, default=10_000, help="entries between checkpoints"
+    )
+    run.add_argument(
+        "--checkpoint-interval", type=float, default=60.0, help="seconds between checkpoints"
+    )
+    run.add_argument("--signing-key", help="key name (default: the one given at init)")
+    run.add_argument("--rejects", help="topic for invalid submissions (default LEDGER.rejects)")
+    run.add_argument(
+        "--max-payload-bytes", type=int, default=900_000, help="larger payloads are rejected"
+    )
+    run.add_argument("--allow-empty", action="store_true", help="accept empty payloads")
+    run.add_argument("--batch-size", type=int, default=5000, help="submissions per transaction")
+    run.add_argument(
+        "--stats-interval", type=float, default=5.0, help="seconds between progress lines"
     )
 
     demo = sub.add_parser("demo", help="a guided tour: append, checkpoint, verify, tamper, prove")
