@@ -666,6 +666,17 @@ class PartitionVerifier:
             # cur is the last entry: ask the store's hashes which one differs.
             stored_prev = self._stored_leaf(expected - 1)
             stored_cur = self._stored_leaf(expected)
+            if stored_cur is None and stored_prev is not None and stored_prev == self.prev_leaf:
+                # The writer's own tree ends before this seq and agrees with the chain so
+                # far: this record was added after the log's end by someone else.
+                self._find(
+                    "inserted",
+                    expected,
+                    cur.offset,
+                    f"an entry claiming seq {expected} that does not link to entry seq "
+                    f"{expected - 1} was appended after the end of the log",
+                )
+                return
             culprit_prev = not (stored_prev == self.prev_leaf and stored_cur != cur.leaf)
         if culprit_prev:
             self._find(
@@ -733,7 +744,8 @@ class PartitionVerifier:
         elif latest is not None and size > latest:
             report.warnings.append(
                 f"{size - latest} entr{'y' if size - latest == 1 else 'ies'} after the latest "
-                "checkpoint are protected by the hash chain only"
+                f"checkpoint {'is' if size - latest == 1 else 'are'} protected by the hash "
+                "chain only"
             )
         return report
 
