@@ -53,6 +53,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamledger.backends.base import LedgerConfig
+from streamledger.backends.kafka import HISTORY_SUFFIX as _HISTORY_SUFFIX
 from streamledger.core.entry import ZERO_HASH, EntryHeader, decode_record
 from streamledger.core.merkle import CompactRange, range_nodes
 from streamledger.core.verify import Finding, TrustPolicy, check_checkpoint_note
@@ -72,7 +73,6 @@ log.addHandler(logging.NullHandler())
 
 QUARANTINE_SUFFIX = ".quarantine"
 STATE_FORMAT = "streamledger-consumer-head/1"
-_HISTORY_SUFFIX = ".checkpoint-history"  # see streamledger.backends.kafka._admin
 _RECENT = 1024  # leaf hashes of the newest entries kept to tell duplicates from forgeries
 _SECURITY_PREFIXES = ("security.", "sasl.", "ssl.", "oauthbearer", "client.", "socket.")
 
@@ -181,7 +181,7 @@ class _Partition:
 
 def _range_hashes(tree: CompactRange) -> list[bytes]:
     # The perfect subtrees of range_nodes(0, size), largest first (CompactRange's own state).
-    return list(tree._hashes)
+    return tree.hashes()
 
 
 def _safe(text: str) -> str:

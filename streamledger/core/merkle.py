@@ -385,6 +385,12 @@ class CompactRange:
         hashes.append(h)
         return completed
 
+    def hashes(self) -> list[bytes]:
+        """The stored perfect subtree hashes, largest first (those of ``range_nodes(0,
+        size)``): with ``size`` they are the whole state, e.g. to persist and
+        :meth:`from_nodes` it back."""
+        return list(self._hashes)
+
     def push(self, leaf_hash: bytes) -> None:
         """Add the next leaf without reporting completed nodes (for verifiers, which only
         need the root). ``leaf_hash`` must be 32 bytes; it is not checked here."""
