@@ -10,6 +10,7 @@ default full mode (minutes; the figures recorded in docs/benchmarks.md).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -68,7 +69,7 @@ FULL = BenchPlan(
     kafka_entries={100: 300_000, 1024: 150_000, 10240: 20_000},
     batch=1000,
     sqlite_entries=300_000,
-    proof_log_sizes=(1_000_000, 10_000_000),
+    proof_log_sizes=(1_000_000,),
     proof_samples=2000,
     latency_samples=1000,
     memory_log_sizes=(1_000_000, 10_000_000),
@@ -239,6 +240,50 @@ def _append_latency(
     return {"p50_ms": _pct(samples, 0.5), "p99_ms": _pct(samples, 0.99)}
 
 
+def _anchor_run(
+    bootstrap: str, extra: dict[str, str], entries: int, key: SigningKey, state_dir: Path
+) -> dict[str, Any]:
+    """Shaped like the KafkaBlockchain benchmark: N hash-chained entries over 3 partitions,
+    produced, then verified (here: full verification with checkpoints, 2 worker processes)."""
+    import functools
+
+    from streamledger.backends.kafka import KafkaBackend
+
+    backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
+    try:
+        ledger = Ledger.create(
+            backend, f"bench-anchor-{uuid.uuid4().hex[:8]}", partitions=3, signer=key
+        )
+        payload = os.urandom(100)
+        started = time.perf_counter()
+        stream = ledger.append_stream(itertools.repeat(payload, entries), batch_size=5000)
+        for done, _ in enumerate(stream, 1):
+            if done % 1_000_000 == 0:
+                _say(f"    {done:,} appended")
+        produce_s = time.perf_counter() - started
+        ledger.checkpoint()
+        opener = functools.partial(KafkaBackend, bootstrap, config=extra, state_dir=state_dir)
+        started = time.perf_counter()
+        report = ledger.verify(TrustPolicy((key.verifier,)), workers=2, opener=opener)
+        verify_s = time.perf_counter() - started
+        if not report.ok or report.entries_checked != entries:
+            raise RuntimeError(f"anchor ledger did not verify: {report.findings[:3]}")
+    finally:
+        backend.close()
+    scale = 10_000_000 / entries
+    return {
+        "entries": entries,
+        "produce_s": produce_s,
+        "verify_s": verify_s,
+        "produce_s_per_10m": produce_s * scale,
+        "verify_s_per_10m": verify_s * scale,
+        "anchor_produce_s": ANCHOR_PRODUCE_S,
+        "anchor_verify_s": ANCHOR_VERIFY_S,
+        "produce_speedup": ANCHOR_PRODUCE_S / (produce_s * scale),
+        "verify_speedup": ANCHOR_VERIFY_S / (verify_s * scale),
+    }
+
+
 # -- embedded measurements ---------------------------------------------------------------
 def _sqlite_rows(plan: BenchPlan, key: SigningKey, workdir: Path) -> dict[str, Any]:
     backend = SQLiteBackend(workdir / "sqlite-bench")
@@ -352,9 +397,11 @@ def run_bench(
     bootstrap: str | None,
     extra: dict[str, str],
     output: Path | None,
+    anchor: int | None = None,
     timed: Callable[[str], None] = _say,
 ) -> dict[str, Any]:
     plan = QUICK if quick else FULL
+    anchor_entries = plan.anchor_entries if anchor is None else anchor
     key = SigningKey.generate("bench.example/log")
     results: dict[str, Any] = {
         "mode": plan.name,
@@ -375,6 +422,11 @@ def run_bench(
         try:
             timed("Kafka: raw produce vs ledger append, raw consume vs verify")
             results["kafka"] = _kafka_rows(bootstrap, extra, plan, key, workdir / "cache")
+            if anchor_entries:
+                timed(f"KafkaBlockchain-shaped run: {anchor_entries:,} entries, 3 partitions")
+                results["anchor"] = _anchor_run(
+                    bootstrap, extra, anchor_entries, key, workdir / "cache"
+                )
             timed("Kafka: end-to-end append latency (acks=all)")
             results["append_latency"] = _append_latency(bootstrap, extra, plan, workdir / "cache")
         finally:
@@ -425,6 +477,15 @@ def format_table(results: dict[str, Any]) -> str:
             f"proofs on {row['log_size']:,} entries: inclusion p50 {row['inclusion_p50_ms']:.3f} "
             f"ms p99 {row['inclusion_p99_ms']:.3f} ms; consistency p50 "
             f"{row['consistency_p50_ms']:.3f} ms p99 {row['consistency_p99_ms']:.3f} ms"
+        )
+    if "anchor" in results:
+        a = results["anchor"]
+        lines.append(
+            f"KafkaBlockchain-shaped run, {a['entries']:,} entries x 3 partitions: produce "
+            f"{a['produce_s']:.0f} s, verify {a['verify_s']:.0f} s (per 10M: "
+            f"{a['produce_s_per_10m']:.0f} s / {a['verify_s_per_10m']:.0f} s; published Java "
+            f"anchor {ANCHOR_PRODUCE_S:.0f} s / {ANCHOR_VERIFY_S:.0f} s -> "
+            f"{a['produce_speedup']:.2f}x / {a['verify_speedup']:.2f}x)"
         )
     for row in results["verify_memory"]:
         lines.append(f"verify peak RSS at {row['entries']:,} entries: {row['peak_rss_mb']:.1f} MB")

@@ -566,7 +566,13 @@ def run(args: argparse.Namespace) -> int:
     if command == "bench":
         from streamledger.bench import format_table, run_bench
 
-        results = run_bench(args.quick, kafka_bootstrap(args), dict(args.kafka_config), args.output)
+        results = run_bench(
+            args.quick,
+            kafka_bootstrap(args),
+            dict(args.kafka_config),
+            args.output,
+            anchor=args.anchor_entries,
+        )
         print(format_table(results))
         print(f"results written to {args.output}", file=sys.stderr)
         return EXIT_OK

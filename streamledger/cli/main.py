@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="small run, under a minute")
     bench.add_argument(
+        "--anchor-entries",
+        type=int,
+        default=None,
+        help="entries of the KafkaBlockchain-shaped run (full mode default 10,000,000; 0 skips)",
+    )
+    bench.add_argument(
         "--output", "-o", type=Path, default=Path("bench-results.json"), help="JSON results file"
     )
 
