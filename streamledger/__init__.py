@@ -31,6 +31,8 @@ from streamledger.ledger import AppendItem, Ledger, LedgerReport, Receipt
 
 if TYPE_CHECKING:
     from streamledger.backends.kafka import KafkaBackend
+    from streamledger.consumer import VerifiedConsumer, VerifiedEntry
+    from streamledger.logging import LedgerHandler
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "KafkaBackend",
     "KeyStore",
     "Ledger",
+    "LedgerHandler",
     "LedgerConfig",
     "LedgerReport",
     "MemoryBackend",
@@ -62,6 +65,8 @@ __all__ = [
     "TrustPolicy",
     "UnknownVersionError",
     "VerificationError",
+    "VerifiedConsumer",
+    "VerifiedEntry",
     "VerifierKey",
     "WriteConflict",
     "decode_record",
@@ -71,10 +76,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The Kafka backend pulls in confluent-kafka; load it only when asked for.
-    if name == "KafkaBackend":
-        from streamledger.backends.kafka import KafkaBackend
+_LAZY = {
+    "KafkaBackend": "streamledger.backends.kafka",
+    "LedgerHandler": "streamledger.logging",
+    "VerifiedConsumer": "streamledger.consumer",
+    "VerifiedEntry": "streamledger.consumer",
+}
 
-        return KafkaBackend
+
+def __getattr__(name: str) -> Any:
+    # Kafka-facing parts pull in confluent-kafka; load them only when asked for.
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'streamledger' has no attribute {name!r}")
