@@ -17,10 +17,24 @@ from typing import Protocol, runtime_checkable
 
 from streamledger.core.entry import StoredRecord
 
+#: Document kinds are short names (they become Kafka topic suffixes).
+DOCUMENT_KIND_RE = r"^[a-z][a-z0-9-]{0,30}$"
+
 #: (level, index, hash) of a perfect subtree of the Merkle tree, level 0 = leaf hashes.
 Node = tuple[int, int, bytes]
 
 DEFAULT_ORIGIN = "streamledger.local"
+
+
+def check_document_kind(kind: str) -> str:
+    """Return ``kind`` if it is a valid document kind, else raise ConfigError."""
+    import re
+
+    from streamledger.errors import ConfigError
+
+    if not re.match(DOCUMENT_KIND_RE, kind):
+        raise ConfigError(f"invalid document kind {kind!r}: use 1-31 of a-z 0-9 -")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,16 @@ class Backend(Protocol):
 
     def checkpoints(self, ledger: str, partition: int) -> list[str]:
         """Every signed checkpoint note stored for the partition, oldest first."""
+        ...
+
+    def put_document(self, ledger: str, kind: str, key: str, value: bytes) -> None:
+        """Append a side document of ``kind`` (wrapped data keys, witness cosignatures,
+        membership changes, ...) beside the ledger. Documents are never hashed into the log;
+        whoever reads them verifies them by their own signatures."""
+        ...
+
+    def documents(self, ledger: str, kind: str) -> list[tuple[str, bytes]]:
+        """Every ``(key, value)`` document of ``kind``, oldest first."""
         ...
 
     def close(self) -> None: ...

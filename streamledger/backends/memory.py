@@ -6,7 +6,12 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
+from streamledger.backends.base import (
+    AppendBatch,
+    LedgerConfig,
+    PartitionHead,
+    check_document_kind,
+)
 from streamledger.core.entry import StoredRecord
 from streamledger.errors import BackendUnavailable, ConfigError, WriteConflict
 
@@ -25,6 +30,7 @@ class MemoryBackend:
         self._configs: dict[str, LedgerConfig] = {}
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._lock = threading.Lock()
+        self._documents: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
 
     def _part(self, ledger: str, partition: int) -> _Partition:
         try:
@@ -102,6 +108,16 @@ class MemoryBackend:
 
     def checkpoints(self, ledger: str, partition: int) -> list[str]:
         return list(self._part(ledger, partition).checkpoints)
+
+    def put_document(self, ledger: str, kind: str, key: str, value: bytes) -> None:
+        self.ledger_config(ledger)
+        check_document_kind(kind)
+        with self._lock:
+            self._documents.setdefault((ledger, kind), []).append((key, bytes(value)))
+
+    def documents(self, ledger: str, kind: str) -> list[tuple[str, bytes]]:
+        self.ledger_config(ledger)
+        return list(self._documents.get((ledger, kind), []))
 
     def close(self) -> None:
         pass

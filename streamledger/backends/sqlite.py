@@ -14,7 +14,12 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
+from streamledger.backends.base import (
+    AppendBatch,
+    LedgerConfig,
+    PartitionHead,
+    check_document_kind,
+)
 from streamledger.core.entry import StoredRecord
 from streamledger.errors import BackendUnavailable, ConfigError, WriteConflict
 
@@ -43,6 +48,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     idx INTEGER NOT NULL,
     hash BLOB NOT NULL,
     PRIMARY KEY (ledger_id, partition, level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS documents (
+    ledger_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    doc_key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ledger_id, kind, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     ledger_id INTEGER NOT NULL,
@@ -272,6 +285,27 @@ class SQLiteBackend:
             (lid, partition),
         )
         return [r[0] for r in rows]
+
+    def put_document(self, ledger: str, kind: str, key: str, value: bytes) -> None:
+        lid = self._ledger_id(ledger)
+        check_document_kind(kind)
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT INTO documents SELECT ?, ?, COALESCE(MAX(id), -1) + 1, ?, ? "
+                    "FROM documents WHERE ledger_id=? AND kind=?",
+                    (lid, kind, key, bytes(value), lid, kind),
+                )
+            except sqlite3.DatabaseError as exc:
+                raise BackendUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def documents(self, ledger: str, kind: str) -> list[tuple[str, bytes]]:
+        lid = self._ledger_id(ledger)
+        rows = self._query(
+            "SELECT doc_key, value FROM documents WHERE ledger_id=? AND kind=? ORDER BY id",
+            (lid, kind),
+        )
+        return [(k, bytes(v)) for k, v in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from streamledger.backends.kafka._admin import (
     REGISTRY_TOPIC,
     checkpoints_topic,
     consumer_settings,
+    documents_topic,
     history_topic,
     producer_settings,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "REGISTRY_TOPIC",
     "checkpoints_topic",
     "consumer_settings",
+    "documents_topic",
     "history_topic",
     "producer_settings",
 ]

@@ -18,6 +18,7 @@ log.addHandler(logging.NullHandler())  # librdkafka chatter goes to logging, not
 REGISTRY_TOPIC = "__streamledger_ledgers"
 CHECKPOINTS_SUFFIX = ".checkpoints"
 HISTORY_SUFFIX = ".checkpoint-history"
+DOCUMENTS_SUFFIX = ".documents"
 DEFAULT_TRANSACTIONAL_ID = "streamledger-{ledger}"
 
 FENCED_CODES = frozenset(
@@ -39,6 +40,10 @@ def history_topic(ledger: str) -> str:
     return ledger + HISTORY_SUFFIX
 
 
+def documents_topic(ledger: str) -> str:
+    return ledger + DOCUMENTS_SUFFIX
+
+
 def check_ledger_name(ledger: str) -> None:
     """A ledger name must leave room for its companion topics and not shadow one."""
     if len(history_topic(ledger)) > 249:
@@ -48,7 +53,7 @@ def check_ledger_name(ledger: str) -> None:
         )
     if ledger.startswith("__"):
         raise ConfigError(f"ledger name {ledger!r}: names starting with '__' are Kafka-internal")
-    if ledger.endswith((CHECKPOINTS_SUFFIX, HISTORY_SUFFIX)):
+    if ledger.endswith((CHECKPOINTS_SUFFIX, HISTORY_SUFFIX, DOCUMENTS_SUFFIX)):
         raise ConfigError(
             f"ledger name {ledger!r} ends like a companion topic "
             f"('{CHECKPOINTS_SUFFIX}', '{HISTORY_SUFFIX}'): choose another name"

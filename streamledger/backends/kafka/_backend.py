@@ -37,7 +37,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead
+from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead, check_document_kind
 from streamledger.backends.kafka._admin import (
     DEFAULT_TRANSACTIONAL_ID,
     FENCED_CODES,
@@ -47,6 +47,7 @@ from streamledger.backends.kafka._admin import (
     client_config,
     consumer_settings,
     describe,
+    documents_topic,
     history_topic,
     kafka_error,
     log,
@@ -154,6 +155,8 @@ class KafkaBackend:
         # Commit markers reach partitions asynchronously, so a read right after a commit
         # waits (bounded) until the last stable offset has passed our records.
         self._written_end: dict[tuple[str, int], int] = {}
+        self._doc_cache: dict[str, tuple[int, list[tuple[str, bytes]]]] = {}
+        self._doc_topics: set[str] = set()
         self._caches: dict[str, NodeCache] = {}
         self._validated: set[tuple[str, int]] = set()
         self._topic_ids: dict[str, str] = {}
@@ -375,6 +378,7 @@ class KafkaBackend:
                 NewTopic(config.name, config.partitions, rf, config=topic_conf),
                 NewTopic(checkpoints_topic(config.name), config.partitions, rf, config=compacted),
                 NewTopic(history_topic(config.name), config.partitions, rf, config=history),
+                NewTopic(documents_topic(config.name), 1, rf, config=history),
             ],
             exist_ok=False,
         )
@@ -989,6 +993,40 @@ class KafkaBackend:
                         notes.append(value.decode("utf-8", "replace"))
             self._cp_cache[(ledger, partition)] = (max(start, end), notes)
             return list(notes)
+
+    def put_document(self, ledger: str, kind: str, key: str, value: bytes) -> None:
+        config = self.ledger_config(ledger)
+        check_document_kind(kind)
+        if ledger not in self._doc_topics:
+            # Ledgers created before documents existed get their topic on first use.
+            rf, topic_conf = topic_settings(config.options, self.brokers)
+            history = {**topic_conf, "retention.ms": "-1", "retention.bytes": "-1"}
+            self._create_topics(
+                [NewTopic(documents_topic(ledger), 1, rf, config=history)], exist_ok=True
+            )
+            self._doc_topics.add(ledger)
+        self._produce_sync(
+            f"storing a {kind} document of {ledger}",
+            [(documents_topic(ledger), 0, f"{kind}/{key}", bytes(value))],
+            headers=[("kind", kind.encode())],
+        )
+
+    def documents(self, ledger: str, kind: str) -> list[tuple[str, bytes]]:
+        self.ledger_config(ledger)
+        topic = documents_topic(ledger)
+        if not self._topic_exists(topic):
+            return []
+        prefix = kind + "/"
+        with self._lock:
+            start, docs = self._doc_cache.get(ledger, (0, []))
+            _, end = self._watermarks(topic, 0)
+            for batch in self._fetch(self._reader(), topic, 0, start, end):
+                for m in batch:
+                    raw_key, value = m.key(), m.value()
+                    if raw_key is not None and value is not None:
+                        docs.append((raw_key.decode("utf-8", "replace"), value))
+            self._doc_cache[ledger] = (max(start, end), docs)
+        return [(k[len(prefix) :], v) for k, v in docs if k.startswith(prefix)]
 
     def latest_checkpoint(self, ledger: str, partition: int) -> str | None:
         """The newest checkpoint note of a partition from the compacted topic (or None)."""
