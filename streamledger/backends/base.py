@@ -11,6 +11,7 @@ Backends: :mod:`.memory` (tests), :mod:`.sqlite` (embedded default), :mod:`.kafk
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -53,6 +54,33 @@ class LedgerConfig:
     signing_key: str | None = None
     log_vkey: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The canonical JSON a backend stores for this ledger."""
+        return json.dumps(
+            {
+                "name": self.name,
+                "partitions": self.partitions,
+                "origin": self.origin,
+                "signing_key": self.signing_key,
+                "log_vkey": self.log_vkey,
+                "options": self.options,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LedgerConfig:
+        """Parse :meth:`to_json` output; ValueError/KeyError/TypeError if it is damaged."""
+        data = json.loads(text)
+        return cls(
+            name=data["name"],
+            partitions=int(data["partitions"]),
+            origin=data["origin"],
+            signing_key=data.get("signing_key"),
+            log_vkey=data.get("log_vkey"),
+            options=dict(data.get("options") or {}),
+        )
 
     def checkpoint_origin(self, partition: int) -> str:
         return f"{self.origin}/ledger/{self.name}/partition/{partition}"

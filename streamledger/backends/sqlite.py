@@ -8,7 +8,6 @@ in a second place that could disagree.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -127,17 +126,7 @@ class SQLiteBackend:
 
     # -- ledgers ---------------------------------------------------------------------
     def create_ledger(self, config: LedgerConfig) -> None:
-        data = json.dumps(
-            {
-                "name": config.name,
-                "partitions": config.partitions,
-                "origin": config.origin,
-                "signing_key": config.signing_key,
-                "log_vkey": config.log_vkey,
-                "options": config.options,
-            },
-            sort_keys=True,
-        )
+        data = config.to_json()
         try:
             with self._lock:
                 self._conn.execute(
@@ -154,15 +143,7 @@ class SQLiteBackend:
             known = ", ".join(self.list_ledgers()) or "none"
             raise ConfigError(f"no ledger named {ledger!r} in {self.path} (ledgers: {known})")
         try:
-            data = json.loads(rows[0][0])
-            return LedgerConfig(
-                name=data["name"],
-                partitions=int(data["partitions"]),
-                origin=data["origin"],
-                signing_key=data.get("signing_key"),
-                log_vkey=data.get("log_vkey"),
-                options=dict(data.get("options") or {}),
-            )
+            return LedgerConfig.from_json(rows[0][0])
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendUnavailable(
                 f"configuration of ledger {ledger!r} in {self.path} is damaged: {exc}"

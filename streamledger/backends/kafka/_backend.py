@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -339,7 +338,7 @@ class KafkaBackend:
                         self._registry.pop(name, None)
                         continue
                     try:
-                        self._registry[name] = _config_from_json(value)
+                        self._registry[name] = LedgerConfig.from_json(value)
                     except (ValueError, KeyError, TypeError) as exc:
                         log.warning("ignoring damaged config of ledger %r: %s", name, exc)
             self._registry_next = max(self._registry_next, end)
@@ -382,17 +381,7 @@ class KafkaBackend:
             ],
             exist_ok=False,
         )
-        value = json.dumps(
-            {
-                "name": config.name,
-                "partitions": config.partitions,
-                "origin": config.origin,
-                "signing_key": config.signing_key,
-                "log_vkey": config.log_vkey,
-                "options": config.options,
-            },
-            sort_keys=True,
-        ).encode()
+        value = config.to_json().encode()
         self._produce_sync("registering the ledger", [(REGISTRY_TOPIC, 0, config.name, value)])
         self._registry[config.name] = config
 
@@ -1097,15 +1086,3 @@ class KafkaBackend:
 
 class _CacheGap(StreamledgerError):
     """The node cache lacks a node it should have: rebuild the partition."""
-
-
-def _config_from_json(value: bytes) -> LedgerConfig:
-    data = json.loads(value)
-    return LedgerConfig(
-        name=data["name"],
-        partitions=int(data["partitions"]),
-        origin=data["origin"],
-        signing_key=data.get("signing_key"),
-        log_vkey=data.get("log_vkey"),
-        options=dict(data.get("options") or {}),
-    )
