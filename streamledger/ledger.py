@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, Node
-from streamledger.core.checkpoint import Checkpoint, sign_checkpoint
+from streamledger.core.bundle import WitnessAlert, cosignature_index, merge_cosignatures
+from streamledger.core.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from streamledger.core.entry import (
     ZERO_HASH,
     Entry,
@@ -40,7 +41,7 @@ from streamledger.core.merkle import (
     inclusion_proof,
     root_hash,
 )
-from streamledger.core.note import SigningKey, VerifierKey
+from streamledger.core.note import NoteSignature, SigningKey, VerifierKey
 from streamledger.core.partitioner import partition_for_key
 from streamledger.core.proof import ConsistencyProof, InclusionProof
 from streamledger.core.verify import (
@@ -50,7 +51,13 @@ from streamledger.core.verify import (
     check_checkpoint_note,
     verify_partition,
 )
-from streamledger.errors import ConfigError, FormatError, ProofError, WriteConflict
+from streamledger.errors import (
+    ConfigError,
+    FormatError,
+    ProofError,
+    StreamledgerError,
+    WriteConflict,
+)
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _MAX_RETRIES = 5
@@ -423,7 +430,8 @@ class Ledger:
     def _latest_trusted(self, partition: int, trust: TrustPolicy | None, min_size: int) -> str:
         trust = trust or self.default_trust()
         origin = self.config.checkpoint_origin(partition)
-        for note in reversed(self.backend.checkpoints(self.name, partition)):
+        notes = self.checkpoint_notes(partition, trust.witness_keys if trust else None)
+        for note in reversed(notes):
             try:
                 cp = (
                     check_checkpoint_note(note, origin, trust)
@@ -439,6 +447,115 @@ class Ledger:
             f"no signed checkpoint of {self.name!r} partition {partition} covers "
             f"{min_size} entries yet: run 'streamledger checkpoint {self.name}' first"
         )
+
+    # -- witnesses ---------------------------------------------------------------------
+    def _documents(self, kind: str) -> list[tuple[str, bytes]]:
+        documents = getattr(self.backend, "documents", None)
+        if documents is None:
+            return []
+        return documents(self.name, kind)
+
+    def alerts(self, partition: int | None = None) -> list[WitnessAlert]:
+        """Witness alerts (refused checkpoints with their evidence), oldest first.
+        Documents that are not well-formed alerts of this ledger are skipped."""
+        found = []
+        for _, value in self._documents("alerts"):
+            try:
+                alert = WitnessAlert.from_bytes(value)
+            except FormatError:
+                continue
+            if alert.ledger == self.name and partition in (None, alert.partition):
+                found.append(alert)
+        return found
+
+    def _cosignature_index(
+        self, alerts: Sequence[WitnessAlert] = ()
+    ) -> dict[str, list[NoteSignature]]:
+        docs: list[bytes | str] = [value for _, value in self._documents("cosignatures")]
+        docs.extend(a.cosigned for a in alerts if a.cosigned)
+        return cosignature_index(docs)
+
+    def checkpoint_notes(
+        self,
+        partition: int,
+        witness_keys: Sequence[VerifierKey] | None = None,
+        *,
+        index: dict[str, list[NoteSignature]] | None = None,
+    ) -> list[str]:
+        """The partition's signed checkpoint notes, oldest first, each with the published
+        witness cosignatures of the same checkpoint body appended.
+
+        With ``witness_keys`` only cosignatures by those keys that verify are added (forged
+        ones are dropped); without, every published cosignature line is added."""
+        self._check_partition(partition)
+        if index is None:
+            index = self._cosignature_index()
+        notes = self.backend.checkpoints(self.name, partition)
+        if not index:
+            return notes
+        return [merge_cosignatures(note, index, witness_keys) for note in notes]
+
+    def _alert_findings(
+        self, report: PartitionReport, alerts: Sequence[WitnessAlert], trust: TrustPolicy
+    ) -> None:
+        """Turn witness alerts into ``checkpoint_fork`` findings when the log key signed both
+        checkpoints and the verification corroborates the conflict."""
+        origin = self.config.checkpoint_origin(report.partition)
+
+        def body(note: str) -> str:
+            return note.split("\n\n", 1)[0]
+
+        implicated = {
+            body(note)
+            for f in report.findings
+            for key in ("note", "checkpoint")
+            if isinstance(note := f.evidence.get(key), str)
+        }
+        for alert in alerts:
+            if not alert.cosigned:
+                continue
+            try:
+                old = verify_checkpoint(alert.cosigned, list(trust.log_keys), origin=origin)
+                new = verify_checkpoint(alert.refused, list(trust.log_keys), origin=origin)
+            except StreamledgerError:
+                report.warnings.append(
+                    f"a witness alert by {alert.witness_name} is not backed by two checkpoints "
+                    "signed by the trusted log key; ignored"
+                )
+                continue
+            a, b = old.checkpoint, new.checkpoint
+            same_size = a.tree_size == b.tree_size and a.root_hash != b.root_hash
+            if not same_size and not ({body(alert.cosigned), body(alert.refused)} & implicated):
+                report.warnings.append(
+                    f"witness {alert.witness_name} refused the checkpoint of size {b.tree_size} "
+                    f"({alert.reason}), but this ledger's data agrees with both checkpoints"
+                )
+                continue
+            seq = b.tree_size - 1 if b.tree_size else None
+            if any(
+                f.kind == "checkpoint_fork"
+                and f.seq == seq
+                and f.evidence.get("refused") == alert.refused
+                for f in report.findings
+            ):
+                continue
+            report.findings.append(
+                Finding(
+                    "checkpoint_fork",
+                    self.name,
+                    report.partition,
+                    seq,
+                    None,
+                    f"witness {alert.witness_name} refused the log's checkpoint of size "
+                    f"{b.tree_size} ({alert.reason}): it does not extend the checkpoint of "
+                    f"size {a.tree_size} the witness cosigned; the log key signed both",
+                    {
+                        "witness": alert.witness,
+                        "cosigned": alert.cosigned,
+                        "refused": alert.refused,
+                    },
+                )
+            )
 
     # -- proofs ------------------------------------------------------------------------
     def prove_inclusion(
@@ -521,21 +638,39 @@ class Ledger:
         if workers > 1 and opener is not None and len(wanted) > 1:
             return self._verify_parallel(trust, wanted, progress, workers, opener)
         reports = []
+        alerts = self.alerts() if trust is not None else []
+        index = self._cosignature_index(alerts)
         for partition in wanted:
             records = self.backend.scan(self.name, partition)
             if progress is not None:
                 records = _counting(records, partition, progress)
-            reports.append(
-                verify_partition(
-                    self.name,
-                    partition,
-                    self.config.checkpoint_origin(partition),
-                    records,
-                    self.backend.checkpoints(self.name, partition),
-                    trust,
-                    self._get_node(partition),
-                )
+            notes = self.checkpoint_notes(
+                partition, trust.witness_keys if trust else None, index=index
             )
+            mine = [a for a in alerts if a.partition == partition]
+            # Checkpoints a witness holds as evidence take part in the comparison too: a
+            # rewritten log no longer matches the one the witnesses cosigned.
+            known = {n.split("\n\n", 1)[0] for n in notes}
+            for alert in mine:
+                for note in (alert.cosigned, alert.refused):
+                    if note and note.split("\n\n", 1)[0] not in known:
+                        known.add(note.split("\n\n", 1)[0])
+                        merged = merge_cosignatures(
+                            note, index, trust.witness_keys if trust else None
+                        )
+                        notes.append(merged)
+            report = verify_partition(
+                self.name,
+                partition,
+                self.config.checkpoint_origin(partition),
+                records,
+                notes,
+                trust,
+                self._get_node(partition),
+            )
+            if trust is not None and mine:
+                self._alert_findings(report, mine, trust)
+            reports.append(report)
         return LedgerReport(self.name, reports)
 
     def _verify_parallel(

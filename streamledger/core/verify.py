@@ -48,9 +48,9 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
-from streamledger.core.checkpoint import Checkpoint, verify_checkpoint
+from streamledger.core.checkpoint import Checkpoint, VerifiedCheckpoint, verify_checkpoint
 from streamledger.core.entry import (
     ZERO_HASH,
     Entry,
@@ -162,11 +162,26 @@ class _Item:
             self.error = exc
 
 
-def check_checkpoint_note(note: str, origin: str, trust: TrustPolicy) -> Checkpoint:
+@overload
+def check_checkpoint_note(
+    note: str, origin: str, trust: TrustPolicy, full: Literal[False] = False
+) -> Checkpoint: ...
+
+
+@overload
+def check_checkpoint_note(
+    note: str, origin: str, trust: TrustPolicy, full: Literal[True]
+) -> VerifiedCheckpoint: ...
+
+
+def check_checkpoint_note(
+    note: str, origin: str, trust: TrustPolicy, full: bool = False
+) -> Checkpoint | VerifiedCheckpoint:
     """Verify a signed checkpoint note against ``trust`` and the expected ``origin``.
 
-    Raises :class:`VerificationError` (signature or witness problems) or
-    :class:`FormatError` (unparseable, wrong origin).
+    Returns the checkpoint (with ``full``: the :class:`VerifiedCheckpoint`, which names the
+    witnesses whose cosignatures verified). Raises :class:`VerificationError` (signature or
+    witness problems) or :class:`FormatError` (unparseable, wrong origin).
     """
     if not trust.log_keys:
         raise VerificationError("no trusted log key was given")
@@ -177,7 +192,7 @@ def check_checkpoint_note(note: str, origin: str, trust: TrustPolicy) -> Checkpo
         raise FormatError(
             f"checkpoint origin {verified.checkpoint.origin!r} is not this log's origin {origin!r}"
         )
-    return verified.checkpoint
+    return verified if full else verified.checkpoint
 
 
 class PartitionVerifier:
@@ -232,16 +247,39 @@ class PartitionVerifier:
                 )
             return
         by_size: dict[int, _TrustedCheckpoint] = {}
+        trust = self.trust
         for number, note in enumerate(notes):
             try:
-                cp = check_checkpoint_note(note, self.origin, self.trust)
+                # Log signature first (quorum 0), then the witness quorum, so a shortfall is
+                # reported as such, naming the checkpoint and who did cosign it.
+                verified = check_checkpoint_note(
+                    note, self.origin, TrustPolicy(trust.log_keys, trust.witness_keys, 0), True
+                )
             except FormatError as exc:
                 self._find("bad_checkpoint", None, None, f"checkpoint #{number}: {exc}")
                 continue
             except VerificationError as exc:
-                kind = "witness_shortfall" if "cosignature" in str(exc) else "untrusted_checkpoint"
                 seq = _claimed_last_seq(note)
-                self._find(kind, seq, None, f"checkpoint #{number}: {exc}", note=note)
+                self._find(
+                    "untrusted_checkpoint", seq, None, f"checkpoint #{number}: {exc}", note=note
+                )
+                continue
+            cp = verified.checkpoint
+            cosigners = sorted(verified.cosigners)
+            if len(cosigners) < trust.required_witnesses:
+                got = len(cosigners)
+                self._find(
+                    "witness_shortfall",
+                    cp.tree_size - 1 if cp.tree_size else None,
+                    None,
+                    f"checkpoint of size {cp.tree_size} (checkpoint #{number}) has {got} valid "
+                    f"witness cosignature{'' if got == 1 else 's'}"
+                    + (f" (by {', '.join(cosigners)})" if cosigners else "")
+                    + f", {trust.required_witnesses} required: not accepted",
+                    note=note,
+                    tree_size=cp.tree_size,
+                    cosigners=cosigners,
+                )
                 continue
             seen = by_size.get(cp.tree_size)
             if seen is not None and seen.root_hash != cp.root_hash:
