@@ -532,12 +532,22 @@ class Ledger:
                 )
                 continue
             seq = b.tree_size - 1 if b.tree_size else None
-            if any(
-                f.kind == "checkpoint_fork"
-                and f.seq == seq
-                and f.evidence.get("refused") == alert.refused
-                for f in report.findings
-            ):
+            pair = (body(alert.cosigned), body(alert.refused))
+            same = next(
+                (
+                    f
+                    for f in report.findings
+                    if f.kind == "checkpoint_fork"
+                    and (
+                        body(f.evidence.get("cosigned") or ""),
+                        body(f.evidence.get("refused") or ""),
+                    )
+                    == pair
+                ),
+                None,
+            )
+            if same is not None:
+                same.evidence["witnesses"].append(alert.witness_name)
                 continue
             report.findings.append(
                 Finding(
@@ -546,16 +556,22 @@ class Ledger:
                     report.partition,
                     seq,
                     None,
-                    f"witness {alert.witness_name} refused the log's checkpoint of size "
-                    f"{b.tree_size} ({alert.reason}): it does not extend the checkpoint of "
-                    f"size {a.tree_size} the witness cosigned; the log key signed both",
+                    f"the log key signed a checkpoint of size {b.tree_size} that does not "
+                    f"extend the checkpoint of size {a.tree_size} the witnesses cosigned "
+                    f"({alert.reason}; refused by the witnesses named in the evidence)",
                     {
-                        "witness": alert.witness,
+                        "witnesses": [alert.witness_name],
                         "cosigned": alert.cosigned,
                         "refused": alert.refused,
                     },
                 )
             )
+        for f in report.findings:
+            if f.kind == "checkpoint_fork" and "witnesses" in f.evidence:
+                names = ", ".join(f.evidence["witnesses"])
+                object.__setattr__(
+                    f, "detail", f.detail.replace("the witnesses named in the evidence", names)
+                )
 
     # -- proofs ------------------------------------------------------------------------
     def prove_inclusion(

@@ -543,6 +543,10 @@ def cmd_sequencer(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     command = args.command
+    if command in ("witness", "audit"):
+        from streamledger.cli import witness_audit
+
+        return witness_audit.run(args)
     if command == "sequencer":
         return cmd_sequencer(args)
     if command == "keys":

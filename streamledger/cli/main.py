@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--stats-interval", type=float, default=5.0, help="seconds between progress lines"
     )
 
+    from streamledger.cli import witness_audit
+
+    witness_audit.add_parsers(sub, _trust_args)
+
     demo = sub.add_parser("demo", help="a guided tour: append, checkpoint, verify, tamper, prove")
     demo.add_argument("--entries", type=int, default=20_000, help="payments to stream")
     demo.add_argument("--kafka", action="store_true", help="run on Kafka instead of SQLite")
