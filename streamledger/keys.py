@@ -2,6 +2,8 @@
 
 ``<keys_dir>/<name>.key`` holds ``PRIVATE+KEY+<name>+<hash>+<base64>`` and is created with
 mode 0600 (never world- or group-readable); ``<name>.vkey`` holds the public verifier key.
+Reader keys (X25519, for encrypted payloads) live beside them: ``<name>.reader`` (private,
+mode 0600) and ``<name>.reader.pub`` (shareable text ``X25519+<name>+<base64>``).
 Nothing here ever prints, logs or puts private key material into an error message.
 """
 
@@ -19,6 +21,7 @@ from streamledger.core.note import (
     VerifierKey,
     validate_key_name,
 )
+from streamledger.crypto.readers import ReaderKey, ReaderPublicKey
 from streamledger.errors import ConfigError, FormatError
 
 
@@ -76,6 +79,75 @@ class KeyStore:
 
     def exists(self, name: str) -> bool:
         return self.key_path(name).exists()
+
+    # -- reader keys (X25519, payload encryption) ------------------------------------------
+    def reader_path(self, name: str) -> Path:
+        """``<name>.reader``: the reader's private X25519 key (mode 0600)."""
+        return self._stem(name).with_name(self._stem(name).name + ".reader")
+
+    def reader_public_path(self, name: str) -> Path:
+        return self._stem(name).with_name(self._stem(name).name + ".reader.pub")
+
+    def generate_reader(self, name: str) -> ReaderPublicKey:
+        """Create reader key ``name`` (X25519); refuse to overwrite; return its public key."""
+        path = self.reader_path(name)
+        key = ReaderKey.generate(name)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(
+                f"reader key {name!r} already exists at {path}; not overwriting"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create key file {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key.private_text() + "\n")
+        self.reader_public_path(name).write_text(str(key.public) + "\n")
+        return key.public
+
+    def load_reader(self, name: str) -> ReaderKey:
+        """Load reader key ``name``; ConfigError naming the file (never its content)."""
+        path = self.reader_path(name)
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no reader key {name!r} ({path}): create it with "
+                f"'streamledger keys generate {name} --reader'"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read key file {path}: {exc}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+                f"run 'chmod 600 {path}'"
+            )
+        try:
+            key = ReaderKey.from_private_text(text)
+        except (ConfigError, FormatError, ValueError):
+            raise ConfigError(f"key file {path} is not a valid reader private key") from None
+        if key.name != name:
+            raise ConfigError(f"key file {path} holds reader {key.name!r}, not {name!r}")
+        return key
+
+    def reader_public(self, name: str) -> ReaderPublicKey:
+        path = self.reader_public_path(name)
+        if path.exists():
+            try:
+                return ReaderPublicKey.parse(path.read_text())
+            except FormatError as exc:
+                raise ConfigError(f"reader public key file {path} is damaged: {exc}") from None
+        return self.load_reader(name).public
+
+    def reader_exists(self, name: str) -> bool:
+        return self.reader_path(name).exists()
+
+    def reader_names(self) -> list[str]:
+        from urllib.parse import unquote
+
+        return sorted(unquote(p.name[: -len(".reader")]) for p in self.directory.glob("*.reader"))
 
 
 def load_key_file(path: str | Path, *, expected_name: str | None = None) -> SigningKey:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, Node
 from streamledger.core.bundle import WitnessAlert, cosignature_index, merge_cosignatures
@@ -59,17 +59,22 @@ from streamledger.errors import (
     WriteConflict,
 )
 
+if TYPE_CHECKING:
+    from streamledger.crypto.keyring import DecryptedEntry, LedgerEncryption
+
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _MAX_RETRIES = 5
 
 
 class AppendItem(NamedTuple):
     """One entry to append: payload bytes, an optional key (chooses the partition and is
-    recorded in the header) and content type."""
+    recorded in the header) and content type. ``subject`` (encrypted ledgers only) encrypts
+    the payload under that subject's own key, which ``erase`` can destroy."""
 
     payload: bytes
     key: bytes | None = None
     content_type: str | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,8 +141,12 @@ class Ledger:
         signer: SigningKey | None = None,
         producer: str | None = None,
         clock: Callable[[], int] | None = None,
+        encryption: LedgerEncryption | None = None,
     ) -> None:
         self.backend = backend
+        #: Encrypts payloads while a batch is built (seq known), before hashing; see
+        #: :class:`streamledger.crypto.LedgerEncryption`. None: payloads stored as given.
+        self.encryption = encryption
         self.config: LedgerConfig = backend.ledger_config(name)
         self.name = name
         self.signer = signer
@@ -205,9 +214,12 @@ class Ledger:
         key: bytes | None = None,
         content_type: str | None = None,
         partition: int | None = None,
+        subject: str | None = None,
     ) -> Receipt:
         """Append one entry and return its receipt."""
-        return self.append_many([AppendItem(payload, key, content_type)], partition=partition)[0]
+        return self.append_many(
+            [AppendItem(payload, key, content_type, subject)], partition=partition
+        )[0]
 
     def append_many(
         self,
@@ -299,25 +311,26 @@ class Ledger:
                 head = (writer.size, writer.prev_leaf, writer.tree)
             first, prev, tree = head
             tree = tree.copy()
+            fields = [
+                (
+                    items[i].payload,
+                    items[i].key or b"",
+                    items[i].content_type or DEFAULT_CONTENT_TYPE,
+                )
+                for i in indexes
+            ]
+            if self.encryption is not None:
+                fields = self.encryption.encrypt_batch(
+                    part, first, fields, [items[i].subject for i in indexes]
+                )
+            elif any(items[i].subject is not None for i in indexes):
+                raise ConfigError(
+                    f"ledger {self.name!r} is opened without encryption: a subject needs it"
+                )
             records, leaves = build_records(
-                self.name,
-                part,
-                first,
-                timestamp,
-                self.producer,
-                prev,
-                [
-                    (
-                        items[i].payload,
-                        items[i].key or b"",
-                        items[i].content_type or DEFAULT_CONTENT_TYPE,
-                    )
-                    for i in indexes
-                ],
+                self.name, part, first, timestamp, self.producer, prev, fields
             )
-            nodes: list[Node] = []
-            for leaf in leaves:
-                nodes.extend(tree.append(leaf))
+            nodes: list[Node] = tree.append_many(leaves)
             batches[part] = AppendBatch(first, records, [items[i].key for i in indexes], nodes)
             for offset, (i, leaf) in enumerate(zip(indexes, leaves, strict=True)):
                 placed[i] = (part, first + offset, leaf)
@@ -381,6 +394,18 @@ class Ledger:
         self._check_partition(partition)
         for record in self.backend.read(self.name, partition, start, end):
             yield decode_record(record.value)
+
+    def read_decrypted(
+        self, partition: int = 0, start: int = 0, end: int | None = None
+    ) -> Iterator[DecryptedEntry]:
+        """Like :meth:`read`, with each payload decrypted by the ``encryption`` keys.
+
+        Raises :class:`~streamledger.crypto.DecryptionError` naming the entry when one cannot
+        be decrypted (wrong key, altered or moved ciphertext, erased subject)."""
+        if self.encryption is None:
+            raise ConfigError(f"ledger {self.name!r} is opened without encryption keys")
+        for entry in self.read(partition, start, end):
+            yield self.encryption.decrypt(entry)
 
     # -- checkpoints -------------------------------------------------------------------
     def _get_node(self, partition: int) -> Callable[[int, int], bytes]:
