@@ -106,6 +106,33 @@ def _emit_json(obj: Any, out: TextIO = sys.stdout) -> None:
 # -- commands ----------------------------------------------------------------------------
 def cmd_keys(args: argparse.Namespace) -> int:
     store = key_store(args)
+    if args.keys_command in ("grant", "revoke", "rotate", "epochs"):
+        return cmd_key_admin(args)
+    if args.keys_command == "generate" and args.reader:
+        if args.witness:
+            raise UsageError("a key is either --witness or --reader, not both")
+        public = store.generate_reader(args.name)
+        print(f"created reader key {args.name!r} (X25519)", file=sys.stderr)
+        print(
+            f"  private key: {store.reader_path(args.name)} (mode 0600, keep it secret)",
+            file=sys.stderr,
+        )
+        print("  public key (give this to whoever grants you access):", file=sys.stderr)
+        print(public)
+        return EXIT_OK
+    if args.keys_command == "show" and (
+        args.reader or (not store.exists(args.name) and store.reader_exists(args.name))
+    ):
+        public = store.reader_public(args.name)
+        if args.reader:
+            print(public)
+        else:
+            print(f"name:         {public.name}")
+            print("type:         X25519 reader key (payload encryption)")
+            print(f"fingerprint:  {public.fingerprint}")
+            print(f"private file: {store.reader_path(args.name)}")
+            print(f"public key:   {public}")
+        return EXIT_OK
     if args.keys_command == "generate":
         vkey = store.generate(args.name, witness=args.witness)
         print(f"created {'witness ' if args.witness else ''}key {args.name!r}", file=sys.stderr)
@@ -133,11 +160,137 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     for name in names:
         print(unquote(name))
+    if store.directory.is_dir():
+        for name in store.reader_names():
+            print(f"{name}\t(reader)")
+    return EXIT_OK
+
+
+# -- encryption --------------------------------------------------------------------------
+def _reader_public_arg(store: KeyStore, text: str):
+    """A reader public key given as text, as a file holding it, or as a local reader name."""
+    from streamledger.crypto import ReaderPublicKey
+
+    if text.startswith("X25519+") or text.startswith("PRIVATE+"):
+        try:
+            return ReaderPublicKey.parse(text)
+        except FormatError as exc:
+            raise ConfigError(f"invalid reader public key: {exc}") from None
+    candidate = Path(text)
+    if candidate.is_file():
+        try:
+            return ReaderPublicKey.parse(candidate.read_text())
+        except (OSError, UnicodeDecodeError, FormatError) as exc:
+            raise ConfigError(f"{text}: not a reader public key file ({exc})") from None
+    return store.reader_public(text)
+
+
+def _keyring(backend: Backend, ledger: str, *, required: bool = True):
+    from streamledger.crypto import Keyring
+
+    keyring = Keyring(backend, ledger)
+    if required and not keyring.is_encrypted():
+        raise ConfigError(
+            f"ledger {ledger!r} is not encrypted: create encrypted ledgers with "
+            "'init LEDGER --encrypt --reader NAME'"
+        )
+    return keyring
+
+
+def _encryption(args: argparse.Namespace, backend: Backend, keyring: Any, reader: str | None):
+    """LedgerEncryption with reader ``reader`` (default: the ledger's admin reader)."""
+    from streamledger.crypto import LedgerEncryption, subject_store_for
+
+    name = reader or keyring.current().admin
+    store = key_store(args)
+    if reader is None and not store.reader_exists(name):
+        raise ConfigError(
+            f"ledger {keyring.ledger!r} is encrypted and its admin reader key {name!r} is not "
+            f"in {store.directory}: pass --reader NAME of a reader key held here"
+        )
+    key = store.load_reader(name)
+    subjects = subject_store_for(backend, dict(args.kafka_config))
+    return LedgerEncryption(backend, keyring.ledger, key, subjects=subjects)
+
+
+def cmd_key_admin(args: argparse.Namespace) -> int:
+    backend = open_backend(args)
+    try:
+        keyring = _keyring(backend, args.ledger)
+        if args.keys_command == "epochs":
+            for epoch, manifest in keyring.manifests().items():
+                readers = ", ".join(sorted(manifest.readers))
+                print(
+                    f"epoch {epoch}\t{manifest.reason or '-'}\tadmin {manifest.admin}\t"
+                    f"readers: {readers}" + ("" if manifest.signed else "\t(unsigned)")
+                )
+            return EXIT_OK
+        signer = open_ledger(args, backend, signing_key=args.signing_key).signer
+        if args.keys_command == "rotate":
+            epoch = keyring.rotate(signer=signer)
+            print(f"ledger {args.ledger}: epoch {epoch} started; new entries use its key")
+        elif args.keys_command == "revoke":
+            epoch = keyring.revoke(args.reader, signer=signer)
+            print(
+                f"ledger {args.ledger}: reader {args.reader!r} revoked; epoch {epoch} started "
+                f"without it (it can still read entries of epochs before {epoch})"
+            )
+        else:
+            store = key_store(args)
+            public = _reader_public_arg(store, args.reader_pub or args.reader)
+            if public.name != args.reader:
+                raise ConfigError(
+                    f"the public key given is reader {public.name!r}, not {args.reader!r}"
+                )
+            admin = store.load_reader(args.admin or keyring.current().admin)
+            epochs = keyring.grant(admin, public, signer=signer, history=not args.current_only)
+            print(
+                f"ledger {args.ledger}: reader {args.reader!r} granted epoch(s) "
+                + ", ".join(str(e) for e in epochs)
+            )
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    backend = open_backend(args)
+    try:
+        keyring = _keyring(backend, args.ledger)
+        encryption = _encryption(args, backend, keyring, args.reader)
+        record = encryption.erase(args.subject)
+    finally:
+        backend.close()
+    deleted = record["keys_deleted"]
+    if deleted:
+        print(
+            f"ledger {args.ledger}: subject erased, {deleted} key(s) destroyed; its payloads "
+            "can no longer be decrypted, and the ledger still verifies"
+        )
+    else:
+        print(
+            f"ledger {args.ledger}: no keys of this subject found (never written, or already "
+            "erased); erasure recorded"
+        )
+    if record["epochs_not_held"]:
+        print(
+            "warning: this reader holds no key for epoch(s) "
+            + ", ".join(str(e) for e in record["epochs_not_held"])
+            + ": erase again with a reader of those epochs",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     signer = key_store(args).load(args.signing_key) if args.signing_key else None
+    readers = [_reader_public_arg(key_store(args), r) for r in args.reader]
+    if args.encrypt and not readers:
+        raise UsageError(
+            "--encrypt needs --reader NAME (create one with 'keys generate NAME --reader')"
+        )
+    if readers and not args.encrypt:
+        raise UsageError("--reader only applies with --encrypt")
     options = {}
     if args.replication_factor is not None:
         options["replication.factor"] = str(args.replication_factor)
@@ -153,8 +306,16 @@ def cmd_init(args: argparse.Namespace) -> int:
             signer=signer,
             options=options,
         )
+        if readers:
+            _keyring(backend, ledger.name, required=False).enable(readers, signer=signer)
         where = kafka_bootstrap(args) or str(data_dir(args))
         print(f"created ledger {ledger.name!r} with {ledger.partitions} partition(s) in {where}")
+        if readers:
+            print(
+                "payloads encrypted (AES-256-GCM), epoch 1 readers: "
+                + ", ".join(r.name for r in readers)
+                + f" (writer: {readers[0].name})"
+            )
         if signer:
             print(f"checkpoints signed by {signer.name}; verifier key:\n{signer.verifier}")
         else:
@@ -204,6 +365,14 @@ def cmd_append(args: argparse.Namespace) -> int:
     per_partition: dict[int, int] = {}
     try:
         ledger = open_ledger(args, backend)
+        keyring = _keyring(backend, args.ledger, required=False)
+        if keyring.is_encrypted():
+            ledger.encryption = _encryption(args, backend, keyring, args.reader)
+        elif args.reader or args.subject is not None:
+            raise UsageError(
+                f"ledger {args.ledger!r} is not encrypted: --reader and --subject need "
+                "'init --encrypt'"
+            )
         batch: list[AppendItem] = []
 
         def flush() -> None:
@@ -219,7 +388,7 @@ def cmd_append(args: argparse.Namespace) -> int:
             batch.clear()
 
         for line in _input_lines(args):
-            batch.append(AppendItem(line, key, args.content_type))
+            batch.append(AppendItem(line, key, args.content_type, args.subject))
             if len(batch) >= args.batch_size:
                 flush()
         flush()
@@ -274,22 +443,54 @@ def cmd_read(args: argparse.Namespace) -> int:
     backend = open_backend(args)
     try:
         ledger = Ledger(backend, args.ledger)
+        keyring = _keyring(backend, args.ledger, required=False)
+        encryption = None
+        if keyring.is_encrypted():
+            admin = keyring.current().admin
+            if args.reader or key_store(args).reader_exists(admin):
+                encryption = _encryption(args, backend, keyring, args.reader)
+        elif args.reader:
+            raise UsageError(f"ledger {args.ledger!r} is not encrypted: --reader does not apply")
+        from streamledger.crypto import DecryptionError
+        from streamledger.crypto.envelope import is_encrypted_type, original_type
+
         for entry in _read_entries(ledger, args.partition, args.start, args.end):
             header = entry.header
+            payload = entry.payload
+            content_type = header.content_type
+            unreadable = None
+            if is_encrypted_type(content_type):
+                if encryption is None:
+                    unreadable = "encrypted; pass --reader NAME"
+                else:
+                    try:
+                        plain = encryption.decrypt(entry)
+                        payload, content_type = plain.payload, plain.content_type
+                    except DecryptionError as exc:
+                        if not args.skip_unreadable:
+                            raise
+                        print(f"streamledger: warning: {exc}", file=sys.stderr)
+                        unreadable = "cannot be decrypted"
+                if unreadable is not None:
+                    content_type = original_type(content_type)
+                    payload = None
             if args.json:
-                payload = entry.payload
                 obj: dict[str, Any] = {
                     "ledger": header.ledger,
                     "partition": header.partition,
                     "seq": header.seq,
                     "timestamp_ms": header.timestamp_ms,
                     "producer": header.producer,
-                    "content_type": header.content_type,
+                    "content_type": content_type,
                     "key": header.key.decode("utf-8", "replace") if header.key else None,
                     "prev_hash": header.prev_hash.hex(),
                     "payload_hash": header.payload_hash.hex(),
                     "leaf_hash": entry.leaf_hash.hex(),
                 }
+                if is_encrypted_type(header.content_type):
+                    obj["encrypted"] = True
+                if unreadable is not None:
+                    obj["unreadable"] = unreadable
                 if payload is None:
                     obj["payload"] = None
                 else:
@@ -300,9 +501,11 @@ def cmd_read(args: argparse.Namespace) -> int:
                 print(json.dumps(obj))
             else:
                 text = (
-                    "<payload absent>"
-                    if entry.payload is None
-                    else entry.payload.decode("utf-8", "backslashreplace")
+                    f"<{unreadable}>"
+                    if unreadable is not None
+                    else "<payload absent>"
+                    if payload is None
+                    else payload.decode("utf-8", "backslashreplace")
                 )
                 print(f"{header.partition}:{header.seq}\t{text}")
     finally:
@@ -559,6 +762,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_append(args)
     if command == "read":
         return cmd_read(args)
+    if command == "erase":
+        return cmd_erase(args)
     if command == "checkpoint":
         return cmd_checkpoint(args)
     if command == "verify":

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     # keys
-    keys = sub.add_parser("keys", help="generate and show signing keys")
+    keys = sub.add_parser("keys", help="signing and reader keys; grant, revoke, rotate")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
     keys_sub.required = True
     gen = keys_sub.add_parser("generate", help="create an Ed25519 key (file mode 0600)")
@@ -78,10 +78,41 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--witness", action="store_true", help="a witness cosigning key (tlog-cosignature)"
     )
+    gen.add_argument(
+        "--reader",
+        action="store_true",
+        help="an X25519 reader key for encrypted ledgers (prints the shareable public key)",
+    )
     show = keys_sub.add_parser("show", help="print a key's verifier key")
     show.add_argument("name")
     show.add_argument("--vkey", action="store_true", help="print only the verifier key")
+    show.add_argument(
+        "--reader", action="store_true", help="print only the reader key's public key"
+    )
     keys_sub.add_parser("list", help="list key names")
+    grant = keys_sub.add_parser(
+        "grant", help="encrypted ledger: wrap its data keys for a reader (all epochs)"
+    )
+    grant.add_argument("ledger")
+    grant.add_argument("--reader", required=True, help="name of the reader to admit")
+    grant.add_argument(
+        "--reader-pub",
+        help="the reader's public key X25519+NAME+BASE64 (or a file holding it); default: "
+        "the local reader key NAME",
+    )
+    grant.add_argument("--current-only", action="store_true", help="no earlier epochs")
+    _key_admin_args(grant)
+    revoke = keys_sub.add_parser(
+        "revoke", help="encrypted ledger: new epoch whose key the reader does not get"
+    )
+    revoke.add_argument("ledger")
+    revoke.add_argument("--reader", required=True, help="name of the reader to revoke")
+    _key_admin_args(revoke)
+    rotate = keys_sub.add_parser("rotate", help="encrypted ledger: start a new key epoch")
+    rotate.add_argument("ledger")
+    _key_admin_args(rotate)
+    epochs = keys_sub.add_parser("epochs", help="encrypted ledger: key epochs and readers")
+    epochs.add_argument("ledger")
 
     # ledgers
     init = sub.add_parser("init", help="create a ledger")
@@ -93,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint origin prefix (default streamledger.local): origins are "
         "ORIGIN/ledger/LEDGER/partition/P",
+    )
+    init.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt payloads (AES-256-GCM); needs --reader (the first one writes)",
+    )
+    init.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        help="--encrypt: local reader key NAME, or a public key X25519+NAME+BASE64; repeatable",
     )
     init.add_argument(
         "--replication-factor", type=int, default=None, help="Kafka: topic replication factor"
@@ -114,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=1000, help="entries per atomic append (default 1000)"
     )
     append.add_argument("--json", action="store_true", help="print one receipt per entry")
+    append.add_argument(
+        "--reader", help="encrypted ledger: reader key to encrypt with (default: its admin)"
+    )
+    append.add_argument(
+        "--subject", help="encrypted ledger: encrypt under this subject's own (erasable) key"
+    )
 
     read = sub.add_parser("read", help="print entries")
     read.add_argument("ledger")
@@ -121,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--from", dest="start", type=int, default=0, help="first seq (default 0)")
     read.add_argument("--to", dest="end", type=int, default=None, help="stop before this seq")
     read.add_argument("--json", action="store_true", help="one JSON object per line")
+    read.add_argument(
+        "--reader",
+        help="decrypt with this reader key (default: the ledger's admin reader if held here)",
+    )
+    read.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="print a marker for entries that cannot be decrypted instead of stopping",
+    )
+
+    erase = sub.add_parser(
+        "erase", help="encrypted ledger: destroy a subject's keys (crypto-shredding)"
+    )
+    erase.add_argument("ledger")
+    erase.add_argument("--subject", required=True, help="the subject id given at append")
+    erase.add_argument("--reader", help="an admin reader key (default: the ledger's admin)")
 
     cp = sub.add_parser("checkpoint", help="sign checkpoints of every partition and print them")
     cp.add_argument("ledger")
@@ -213,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--entries", type=int, default=20_000, help="payments to stream")
     demo.add_argument("--kafka", action="store_true", help="run on Kafka instead of SQLite")
     return parser
+
+
+def _key_admin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as",
+        dest="admin",
+        help="reader key that holds the data keys (default: the ledger's admin reader)",
+    )
+    parser.add_argument(
+        "--signing-key", help="signs the key documents (default: the one given at init)"
+    )
 
 
 def _trust_args(parser: argparse.ArgumentParser, vkey_required: bool = False) -> None:
