@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from streamledger.core import _accel
 from streamledger.errors import FormatError, UnknownVersionError
 
 MAGIC = b"SLDG"
@@ -193,6 +194,12 @@ def build_records(
     producer_b = producer.encode("utf-8")
     fixed = header_prefix(ledger, partition)
     middle = timestamp_ms.to_bytes(8, "big") + bytes((len(producer_b),)) + producer_b
+    native = _accel.native
+    if native is not None and type(items) is list:
+        try:
+            return native.build_records(fixed, first_seq, middle, prev_hash, items)
+        except (TypeError, ValueError, OverflowError):
+            pass  # not plain bytes and str, or out of range: the code below says what is wrong
     content_types: dict[str, bytes] = {}
     sha256 = hashlib.sha256
     records: list[bytes] = []

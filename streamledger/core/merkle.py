@@ -29,6 +29,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 
+from streamledger.core import _accel
 from streamledger.errors import FormatError, ProofError, VerificationError
 
 __all__ = [
@@ -384,6 +385,34 @@ class CompactRange:
                 completed.append((level, index, h))
         hashes.append(h)
         return completed
+
+    def append_many(self, leaf_hashes: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
+        """Add leaves in order; return the perfect nodes they complete, exactly the lists
+        :meth:`append` returns for each, one after another (native code when available).
+        Raises :class:`FormatError` if a leaf hash is not 32 bytes."""
+        native = _accel.native
+        if native is not None and type(leaf_hashes) is list:
+            try:
+                hashes, nodes = native.compact_append(self._hashes, self._size, leaf_hashes)
+            except (TypeError, ValueError, OverflowError):
+                pass  # not plain 32-byte hashes: append() below says what is wrong
+            else:
+                self._hashes = hashes
+                self._size += len(leaf_hashes)
+                return nodes
+        completed: list[tuple[int, int, bytes]] = []
+        for leaf in leaf_hashes:
+            completed.extend(self.append(leaf))
+        return completed
+
+    @classmethod
+    def _of(cls, size: int, hashes: list[bytes]) -> CompactRange:
+        """The range of ``size`` leaves whose perfect subtree hashes are ``hashes`` (largest
+        first; trusted: for callers that keep the state elsewhere, like the native code)."""
+        cr = cls()
+        cr._size = size
+        cr._hashes = hashes
+        return cr
 
     def hashes(self) -> list[bytes]:
         """The stored perfect subtree hashes, largest first (those of ``range_nodes(0,
