@@ -712,6 +712,10 @@ class Ledger:
             if trust is not None and mine:
                 self._alert_findings(report, mine, trust)
             reports.append(report)
+        if any(k.startswith("consortium.") for k in self.config.options):
+            from streamledger.consortium.verify import check_ledger  # signers, membership
+
+            check_ledger(self, reports)
         return LedgerReport(self.name, reports)
 
     def _verify_parallel(
