@@ -49,6 +49,7 @@ class BenchPlan:
     latency_samples: int
     memory_log_sizes: tuple[int, ...]
     anchor_entries: int
+    encryption_entries: int = 20_000
 
 
 QUICK = BenchPlan(
@@ -62,6 +63,7 @@ QUICK = BenchPlan(
     latency_samples=100,
     memory_log_sizes=(),
     anchor_entries=0,
+    encryption_entries=20_000,
 )
 FULL = BenchPlan(
     name="full",
@@ -74,6 +76,7 @@ FULL = BenchPlan(
     latency_samples=1000,
     memory_log_sizes=(1_000_000, 10_000_000),
     anchor_entries=10_000_000,
+    encryption_entries=200_000,
 )
 
 
@@ -304,6 +307,44 @@ def _sqlite_rows(plan: BenchPlan, key: SigningKey, workdir: Path) -> dict[str, A
     return {"entries": plan.sqlite_entries, "append_per_s": append, "verify_per_s": verify}
 
 
+def _encrypted_append(plan: BenchPlan, workdir: Path) -> dict[str, Any]:
+    """Embedded backend: append with AES-256-GCM payload encryption vs without, same 100 B
+    payloads and batches of ``plan.batch``. The two ledgers take turns batch by batch, so
+    load from other processes hits both alike; the cost ratio is total time encrypted over
+    total time unencrypted."""
+    from streamledger.crypto import Keyring, LedgerEncryption, ReaderKey
+
+    reader = ReaderKey.generate("bench-reader")
+    payloads = [os.urandom(100) for _ in range(plan.batch)]
+    backends = [SQLiteBackend(workdir / "sqlite-plain"), SQLiteBackend(workdir / "sqlite-enc")]
+    try:
+        plain = Ledger.create(backends[0], "bench")
+        encrypted = Ledger.create(backends[1], "bench")
+        Keyring(backends[1], "bench").enable([reader.public])
+        encrypted.encryption = LedgerEncryption(backends[1], "bench", reader)
+        seconds = [0.0, 0.0]
+        for ledger in (plain, encrypted):
+            ledger.append_many(payloads)  # warm-up, not timed
+        rounds = max(1, plan.encryption_entries // plan.batch)
+        for round_ in range(rounds):
+            order = (0, 1) if round_ % 2 == 0 else (1, 0)
+            for side in order:
+                ledger = (plain, encrypted)[side]
+                started = time.perf_counter()
+                ledger.append_many(payloads)
+                seconds[side] += time.perf_counter() - started
+        entries = rounds * plan.batch
+    finally:
+        for backend in backends:
+            backend.close()
+    return {
+        "entries": entries,
+        "plain_append_per_s": _rate(entries, seconds[0]),
+        "encrypted_append_per_s": _rate(entries, seconds[1]),
+        "cost_ratio": seconds[1] / seconds[0],
+    }
+
+
 def _build_memory_log(size: int) -> Ledger:
     """A log of ``size`` entries in memory, built through the real append path."""
     ledger = Ledger.create(MemoryBackend(), "proofs")
@@ -434,6 +475,8 @@ def run_bench(
                 broker.stop()
         timed("embedded SQLite append and verify")
         results["sqlite"] = _sqlite_rows(plan, key, workdir)
+        timed("embedded SQLite: encrypted vs unencrypted append")
+        results["encryption"] = _encrypted_append(plan, workdir)
         timed("proof latency")
         results["proofs"] = _proof_latency(plan, key)
         results["verify_memory"] = [_verify_memory(n) for n in plan.memory_log_sizes] or [
@@ -472,6 +515,13 @@ def format_table(results: dict[str, Any]) -> str:
         f"SQLite ({sq['entries']:,} x 100 B): append {sq['append_per_s']:,.0f}/s, "
         f"verify {sq['verify_per_s']:,.0f}/s"
     )
+    if "encryption" in results:
+        en = results["encryption"]
+        lines.append(
+            f"SQLite encrypted append (AES-256-GCM): {en['encrypted_append_per_s']:,.0f}/s vs "
+            f"{en['plain_append_per_s']:,.0f}/s unencrypted -> cost {en['cost_ratio']:.2f}x "
+            "(target <= 1.3x)"
+        )
     for row in results["proofs"]:
         lines.append(
             f"proofs on {row['log_size']:,} entries: inclusion p50 {row['inclusion_p50_ms']:.3f} "

@@ -498,6 +498,8 @@ class LedgerEncryption:
         plain_prefix = envelope_prefix(epoch)
         base = aad_prefix(self.ledger, partition)
         nonces = os.urandom(NONCE_SIZE * len(items))
+        if subjects is None or not any(subjects):
+            return self._encrypt_plain(aead, plain_prefix, base, first_seq, items, nonces)
         tails: dict[tuple[str, bytes], bytes] = {}
         types: dict[str, str] = {}
         out = []
@@ -514,17 +516,48 @@ class LedgerEncryption:
                 tail = tails[(ctype, prefix)] = aad_tail(ctype, prefix)
             enc_type = types.get(ctype)
             if enc_type is None:
-                enc_type = types[ctype] = encrypted_type(ctype)
-                if len(enc_type.encode()) > 255:
-                    raise FormatError(
-                        f"content type {ctype!r} is too long to be marked encrypted "
-                        f"(at most {255 - len(encrypted_type('').encode())} bytes)"
-                    )
+                enc_type = types[ctype] = self._enc_type(ctype)
             nonce = nonces[index * NONCE_SIZE : (index + 1) * NONCE_SIZE]
             sealed = cipher.encrypt(nonce, payload, base + seq.to_bytes(8, "big") + tail)
             out.append((prefix + nonce + sealed, key, enc_type))
             seq += 1
         return out
+
+    def _encrypt_plain(
+        self,
+        aead: AESGCM,
+        prefix: bytes,
+        base: bytes,
+        seq: int,
+        items: list[tuple[bytes, bytes, str]],
+        nonces: bytes,
+    ) -> list[tuple[bytes, bytes, str]]:
+        """The hot path: no per-subject keys, one epoch key for the whole batch."""
+        encrypt = aead.encrypt
+        tails: dict[str, tuple[bytes, str]] = {}
+        out = []
+        pos = 0
+        for payload, key, ctype in items:
+            cached = tails.get(ctype)
+            if cached is None:
+                cached = tails[ctype] = (aad_tail(ctype, prefix), self._enc_type(ctype))
+            tail, enc_type = cached
+            nonce = nonces[pos : pos + NONCE_SIZE]
+            sealed = encrypt(nonce, payload, base + seq.to_bytes(8, "big") + tail)
+            out.append((prefix + nonce + sealed, key, enc_type))
+            pos += NONCE_SIZE
+            seq += 1
+        return out
+
+    @staticmethod
+    def _enc_type(ctype: str) -> str:
+        enc_type = encrypted_type(ctype)
+        if len(enc_type.encode()) > 255:
+            raise FormatError(
+                f"content type {ctype!r} is too long to be marked encrypted "
+                f"(at most {255 - len(encrypted_type('').encode())} bytes)"
+            )
+        return enc_type
 
     # -- reading -------------------------------------------------------------------------
     def decrypt(self, entry: Entry) -> DecryptedEntry:
