@@ -15,6 +15,14 @@ from streamledger.core.entry import Entry, EntryHeader, decode_record
 from streamledger.core.note import SigningKey, VerifierKey
 from streamledger.core.proof import ConsistencyProof, InclusionProof, load_proof
 from streamledger.core.verify import Finding, PartitionReport, TrustPolicy
+from streamledger.crypto import (
+    DecryptedEntry,
+    DecryptionError,
+    Keyring,
+    LedgerEncryption,
+    ReaderKey,
+    ReaderPublicKey,
+)
 from streamledger.errors import (
     BackendUnavailable,
     ConfigError,
@@ -43,6 +51,8 @@ __all__ = [
     "Checkpoint",
     "ConfigError",
     "ConsistencyProof",
+    "DecryptedEntry",
+    "DecryptionError",
     "Entry",
     "EntryHeader",
     "Finding",
@@ -50,13 +60,17 @@ __all__ = [
     "InclusionProof",
     "KafkaBackend",
     "KeyStore",
+    "Keyring",
     "Ledger",
     "LedgerConfig",
+    "LedgerEncryption",
     "LedgerHandler",
     "LedgerReport",
     "MemoryBackend",
     "PartitionReport",
     "ProofError",
+    "ReaderKey",
+    "ReaderPublicKey",
     "Receipt",
     "SQLiteBackend",
     "SigningKey",
