@@ -24,7 +24,15 @@ with a key to keep per-key order; the entry keeps the key in its header.
 last transaction is resolved (the committed group offset is stable and the ledger partition
 has no open transaction), then re-reads the partition's head from the topic.
 
-See ``docs/sequencer.md``.
+**Signed submissions.** On a ledger created with signed submissions (option
+``consortium.membership``), each submission must be an envelope signed by an organization
+that may write the ledger under the membership document in force; the sequencer refreshes
+the membership ledger before each batch and rejects the others (codes ``unsigned``,
+``malformed_submission``, ``submission_mismatch``, ``bad_signature``, ``unknown_org``,
+``not_a_writer``, ``revoked``, ``future_membership``, ``no_membership``, ``replayed``).
+Entries of a batch get the batch's timestamp, the time they were judged at.
+
+See ``docs/sequencer.md`` and ``docs/consortium.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from streamledger.backends.kafka import KafkaBackend
 from streamledger.backends.kafka._admin import client_config, describe
+from streamledger.consortium.submission import SubmissionGate
 from streamledger.core.entry import MAX_CONTENT_TYPE, MAX_KEY
 from streamledger.core.note import SigningKey
 from streamledger.errors import BackendUnavailable, ConfigError, StreamledgerError
@@ -197,6 +206,7 @@ class Sequencer:
         session_timeout: float = 10.0,
         stats_interval: float = 5.0,
         out: TextIO | None = None,
+        membership_refresh: float = 0.0,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
@@ -240,6 +250,11 @@ class Sequencer:
         self._last_error = ""
         self._reported = 0
         self._reject_partitions = 1
+        # signed submissions (ledger option consortium.membership): the membership gate, and
+        # the timestamp of the batch being built, which its entries get and are judged at
+        self.membership_refresh = membership_refresh
+        self._gate: SubmissionGate | None = None
+        self._batch_ms: int | None = None
 
     # -- public ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -308,7 +323,16 @@ class Sequencer:
             self.ledger_name,
             signer=self.signer,
             producer=f"sequencer/{self.instance_id}"[:255],
+            clock=self._entry_clock,
         )
+        self._gate = SubmissionGate.for_ledger(
+            self.ledger, refresh_interval=self.membership_refresh
+        )
+        if self._gate is not None:
+            self._say(
+                f"ledger {self.ledger_name!r} takes signed submissions only (membership "
+                f"ledger {self._gate.history.ledger!r})"
+            )
         if (self.checkpoint_every or self.checkpoint_interval) and self.signer is None:
             raise ConfigError(
                 f"ledger {self.ledger_name!r}: checkpoints need a signing key (pass one, or "
@@ -468,8 +492,15 @@ class Sequencer:
             time.sleep(0.1)
 
     # -- the work ----------------------------------------------------------------------
+    def _entry_clock(self) -> int:
+        return self._batch_ms if self._batch_ms is not None else time.time_ns() // 1_000_000
+
     def _process(self, msgs: list[Message]) -> None:
         assert self.ledger is not None and self._consumer is not None
+        gate = self._gate
+        if gate is not None:
+            gate.refresh()
+            self._batch_ms = time.time_ns() // 1_000_000
         items: list[AppendItem] = []
         targets: list[int] = []
         rejects: list[tuple[str, int | None, bytes | None, bytes | None, list]] = []
@@ -492,6 +523,10 @@ class Sequencer:
             first.setdefault(p, offset)
             offsets[p] = offset + 1
             verdict = validate_submission(m.value(), m.key(), m.headers(), self.limits)
+            if isinstance(verdict, AppendItem) and gate is not None:
+                refused = gate.check(verdict, self._entry_clock())
+                if refused is not None:
+                    verdict = (refused.code, refused.detail)
             if isinstance(verdict, AppendItem):
                 items.append(verdict)
                 targets.append(p)
@@ -507,6 +542,9 @@ class Sequencer:
         try:
             self.ledger.append_many(items, partitions=targets, transaction=transaction)
         except StreamledgerError as exc:
+            if gate is not None:
+                for item in items:  # not sequenced: their ids are not used up
+                    gate.forget(item)
             self._failed(exc, sorted(first))
             return
         self._failures = 0
