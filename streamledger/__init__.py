@@ -40,7 +40,9 @@ from streamledger.ledger import AppendItem, Ledger, LedgerReport, Receipt
 if TYPE_CHECKING:
     from streamledger.backends.kafka import KafkaBackend
     from streamledger.consumer import VerifiedConsumer, VerifiedEntry
+    from streamledger.core.bundle import WitnessAlert
     from streamledger.logging import LedgerHandler
+    from streamledger.services.witness import Witness
 
 __version__ = "0.1.0"
 
@@ -82,6 +84,8 @@ __all__ = [
     "VerifiedConsumer",
     "VerifiedEntry",
     "VerifierKey",
+    "Witness",
+    "WitnessAlert",
     "WriteConflict",
     "decode_record",
     "load_proof",
@@ -95,6 +99,8 @@ _LAZY = {
     "LedgerHandler": "streamledger.logging",
     "VerifiedConsumer": "streamledger.consumer",
     "VerifiedEntry": "streamledger.consumer",
+    "Witness": "streamledger.services.witness",
+    "WitnessAlert": "streamledger.core.bundle",
 }
 
 
