@@ -298,6 +298,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         options["min.insync.replicas"] = str(args.min_insync_replicas)
     backend = open_backend(args, create=True)
     try:
+        from streamledger.consortium.cli import init_options
+
+        options.update(init_options(args, backend))
         ledger = Ledger.create(
             backend,
             args.ledger,
@@ -316,6 +319,8 @@ def cmd_init(args: argparse.Namespace) -> int:
                 + ", ".join(r.name for r in readers)
                 + f" (writer: {readers[0].name})"
             )
+        if args.signed_submissions:
+            print(f"signed submissions only: writers of membership ledger {args.membership}")
         if signer:
             print(f"checkpoints signed by {signer.name}; verifier key:\n{signer.verifier}")
         else:
@@ -373,13 +378,19 @@ def cmd_append(args: argparse.Namespace) -> int:
                 f"ledger {args.ledger!r} is not encrypted: --reader and --subject need "
                 "'init --encrypt'"
             )
+        from streamledger.consortium.cli import signed_appender
+
+        signed = signed_appender(args, ledger)
         batch: list[AppendItem] = []
 
         def flush() -> None:
             nonlocal total
             if not batch:
                 return
-            receipts = ledger.append_many(batch, partition=args.partition)
+            if signed is not None:
+                receipts = signed(batch, args.partition)
+            else:
+                receipts = ledger.append_many(batch, partition=args.partition)
             total += len(receipts)
             for receipt in receipts:
                 per_partition[receipt.partition] = per_partition.get(receipt.partition, 0) + 1
@@ -785,6 +796,10 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(results))
         print(f"results written to {args.output}", file=sys.stderr)
         return EXIT_OK
+    if command in ("org", "membership"):
+        from streamledger.consortium.cli import run as run_consortium
+
+        return run_consortium(args)
     if command == "demo":
         from streamledger.cli.demo import run_demo
 

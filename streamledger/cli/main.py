@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from streamledger.consortium.cli import add_append_args, add_init_args
+from streamledger.consortium.cli import add_commands as add_consortium_commands
 from streamledger.errors import StreamledgerError, VerificationError
 
 EXIT_OK = 0
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="--encrypt: local reader key NAME, or a public key X25519+NAME+BASE64; repeatable",
     )
+    add_init_args(init)
     init.add_argument(
         "--replication-factor", type=int, default=None, help="Kafka: topic replication factor"
     )
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     append.add_argument(
         "--subject", help="encrypted ledger: encrypt under this subject's own (erasable) key"
     )
+    add_append_args(append)
 
     read = sub.add_parser("read", help="print entries")
     read.add_argument("ledger")
@@ -272,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     from streamledger.cli import witness_audit
 
     witness_audit.add_parsers(sub, _trust_args)
+
+    add_consortium_commands(sub)
 
     demo = sub.add_parser("demo", help="a guided tour: append, checkpoint, verify, tamper, prove")
     demo.add_argument("--entries", type=int, default=20_000, help="payments to stream")
