@@ -10,6 +10,13 @@ from typing import TYPE_CHECKING, Any
 from streamledger.backends.base import Backend, LedgerConfig
 from streamledger.backends.memory import MemoryBackend
 from streamledger.backends.sqlite import SQLiteBackend
+from streamledger.consortium import (
+    MembershipDocument,
+    Org,
+    SubmissionRejected,
+    append_signed,
+    membership_at,
+)
 from streamledger.core.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from streamledger.core.entry import Entry, EntryHeader, decode_record
 from streamledger.core.note import SigningKey, VerifierKey
@@ -68,7 +75,9 @@ __all__ = [
     "LedgerEncryption",
     "LedgerHandler",
     "LedgerReport",
+    "MembershipDocument",
     "MemoryBackend",
+    "Org",
     "PartitionReport",
     "ProofError",
     "ReaderKey",
@@ -77,6 +86,7 @@ __all__ = [
     "SQLiteBackend",
     "SigningKey",
     "StreamledgerError",
+    "SubmissionRejected",
     "TamperDetected",
     "TrustPolicy",
     "UnknownVersionError",
@@ -87,8 +97,10 @@ __all__ = [
     "Witness",
     "WitnessAlert",
     "WriteConflict",
+    "append_signed",
     "decode_record",
     "load_proof",
+    "membership_at",
     "sign_checkpoint",
     "verify_checkpoint",
 ]
