@@ -96,7 +96,9 @@ def trust_policy(args: argparse.Namespace, ledger: Ledger | None = None) -> Trus
         if ledger is None or ledger.config.log_vkey is None:
             return None
         log_keys = (VerifierKey.parse(ledger.config.log_vkey),)
-    return TrustPolicy(log_keys, witness_keys, args.require_witnesses)
+        return TrustPolicy(log_keys, witness_keys, args.require_witnesses)
+    # Keys named by the user: an audit. A log those keys never signed does not pass.
+    return TrustPolicy(log_keys, witness_keys, args.require_witnesses, require_checkpoint=True)
 
 
 def _emit_json(obj: Any, out: TextIO = sys.stdout) -> None:

@@ -25,6 +25,7 @@ checkpoint_fork        two trusted checkpoints that cannot both describe this lo
 untrusted_checkpoint   a checkpoint not validly signed by a trusted key
 bad_checkpoint         a checkpoint note that does not parse or names another log
 witness_shortfall      a checkpoint without the required number of witness cosignatures
+no_trusted_checkpoint  (when the trust policy requires one) entries no trusted checkpoint covers
 =====================  ================================================================
 
 Each act of tampering gives one finding, at the sequence number where it applies (for
@@ -138,6 +139,10 @@ class TrustPolicy:
     log_keys: tuple[VerifierKey, ...]
     witness_keys: tuple[VerifierKey, ...] = ()
     required_witnesses: int = 0
+    #: A partition with entries but no checkpoint signed by these keys is a finding, not a
+    #: warning: an auditor who names the key must not pass a log that key never signed (a
+    #: topic copied with a recomputed chain, or a log whose checkpoints were removed).
+    require_checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -836,10 +841,23 @@ class PartitionVerifier:
             )
         latest = report.latest_checkpoint_size
         if self.trust is not None and size and latest is None:
-            report.warnings.append(
-                "no trusted checkpoint: only the hash chain was checked; "
-                "run 'streamledger checkpoint' and verify with the log's key"
+            explained = any(
+                f.kind in ("untrusted_checkpoint", "bad_checkpoint", "witness_shortfall")
+                for f in report.findings
             )
+            if self.trust.require_checkpoint and not explained:
+                self._find(
+                    "no_trusted_checkpoint",
+                    None,
+                    None,
+                    f"{size} entries, but no checkpoint signed by a trusted key vouches for any "
+                    "of them",
+                )
+            else:
+                report.warnings.append(
+                    "no trusted checkpoint: only the hash chain was checked; "
+                    "run 'streamledger checkpoint' and verify with the log's key"
+                )
         elif latest is not None and size > latest:
             report.warnings.append(
                 f"{size - latest} entr{'y' if size - latest == 1 else 'ies'} after the latest "

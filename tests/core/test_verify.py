@@ -448,3 +448,17 @@ def test_verify_partition_takes_any_iterable() -> None:
         ledger.default_trust(),
     )
     assert report.ok and report.checkpoints_verified == 1 and report.tree_size == 5
+
+
+def test_an_audit_does_not_pass_a_log_its_key_never_signed():
+    """A topic copied with a recomputed chain (or stripped of its checkpoints) has a perfect
+    hash chain; an auditor who names the log key must still not get a pass."""
+    from streamledger.testing import memory_ledger
+
+    ledger, key = memory_ledger(entries=5)  # appended, never checkpointed
+    strict = TrustPolicy((key.verifier,), require_checkpoint=True)
+    report = ledger.verify(strict)
+    assert [f.kind for f in report.findings] == ["no_trusted_checkpoint"]
+    assert ledger.verify(TrustPolicy((key.verifier,))).ok  # the default only warns
+    ledger.checkpoint(key)
+    assert ledger.verify(strict).ok
