@@ -802,6 +802,10 @@ def run(args: argparse.Namespace) -> int:
         from streamledger.consortium.cli import run as run_consortium
 
         return run_consortium(args)
+    if command == "fraud":
+        from streamledger.fraud.cli import run as run_fraud
+
+        return run_fraud(args)
     if command == "demo":
         from streamledger.cli.demo import run_demo
 

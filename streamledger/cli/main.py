@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_consortium_commands(sub)
 
+    from streamledger.fraud.cli import add_commands as add_fraud_commands
+
+    add_fraud_commands(sub)
+
     demo = sub.add_parser("demo", help="a guided tour: append, checkpoint, verify, tamper, prove")
     demo.add_argument("--entries", type=int, default=20_000, help="payments to stream")
     demo.add_argument("--kafka", action="store_true", help="run on Kafka instead of SQLite")
