@@ -1,0 +1,220 @@
+"""Each rule on hand-built event sequences; honest look-alikes do not alert."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from streamledger.errors import ConfigError
+from streamledger.fraud.detectors import Detectors, load_thresholds
+from streamledger.fraud.events import Event, Evidence
+from streamledger.fraud.windows import Late
+
+T0 = 1_714_550_400_000  # 2024-05-01T08:00:00Z
+MIN = 60_000
+HOUR = 3_600_000
+
+
+class Stream:
+    """Feeds events to a Detectors instance, numbering input entries like a ledger."""
+
+    def __init__(self, **kwargs) -> None:
+        self.det = Detectors(**kwargs)
+        self.seq = itertools.count()
+        self.ids = itertools.count()
+        self.found = []
+
+    def __call__(self, minute: float, customer: str, type: str, **fields):
+        seq = next(self.seq)
+        event = Event.make(
+            event_id=f"e{next(self.ids)}",
+            ts_ms=int(T0 + minute * MIN),
+            customer_id=customer,
+            type=type,
+            **fields,
+        )
+        out = self.det.process(event, Evidence("logs-customer-trading", 0, seq))
+        if not isinstance(out, Late):
+            self.found += out
+        return out
+
+    def login(self, minute, customer, country="DE", device="d1"):
+        return self(minute, customer, "login", ip="10.0.0.1", country=country, device_id=device)
+
+    def patterns(self):
+        return [d.pattern for d in self.found]
+
+
+def warm(s: Stream, customer: str, n: int = 3, country="DE", device="d1") -> None:
+    for i in range(n):
+        s.login(i - 600, customer, country, device)
+
+
+def test_account_takeover():
+    s = Stream()
+    warm(s, "c1")
+    s(-500, "c1", "withdrawal", asset="BTC", amount_usd=100, address="own-wallet")
+    s.login(0, "c1", country="NG", device="evil")
+    s(5, "c1", "password_reset")
+    s(7, "c1", "withdrawal_address_added", address="thief")
+    s(9, "c1", "withdrawal", asset="BTC", amount_usd=20_000, address="thief")
+    s(11, "c1", "withdrawal", asset="ETH", amount_usd=5_000, address="thief")
+    assert s.patterns() == ["account_takeover"]
+    d = s.found[0]
+    assert d.customer_ids == ["c1"] and d.score >= 0.8
+    # the new-device login and the two changes: detected before any money left
+    assert [e.seq for e in d.evidence] == [4, 5, 6]
+    alert = d.to_alert(T0 + 10 * MIN)
+    assert alert.pattern == "account_takeover" and "new device" in alert.reason
+
+
+def test_new_phone_at_home_with_a_usual_withdrawal_is_not_takeover():
+    s = Stream()
+    warm(s, "c1")
+    s(-500, "c1", "withdrawal", asset="BTC", amount_usd=100, address="own-wallet")
+    s.login(0, "c1", device="new-phone")
+    s(5, "c1", "withdrawal", asset="BTC", amount_usd=200, address="own-wallet")
+    assert s.found == []
+
+
+def test_impossible_travel_and_a_traveller_with_a_long_gap():
+    s = Stream()
+    s.login(0, "c1", country="DE")
+    s.login(30, "c1", country="JP")  # 8,900 km in 30 minutes
+    assert s.patterns() == ["impossible_travel"]
+    assert [e.seq for e in s.found[0].evidence] == [0, 1]
+
+    honest = Stream()
+    honest.login(0, "t1", country="DE")
+    honest.login(14 * 60, "t1", country="JP")  # 14 hours later: a flight
+    honest.login(30 * 60, "t1", country="US")
+    assert honest.found == []
+
+
+def test_out_of_order_login_within_grace_is_compared_with_its_neighbours():
+    s = Stream(grace_ms=2 * HOUR)
+    s.login(0, "c1", country="DE")
+    s.login(60, "c1", country="DE")
+    s.login(30, "c1", country="BR")  # arrives after the 60th minute's login, within grace
+    assert s.patterns() == ["impossible_travel"]
+
+
+def test_withdrawal_velocity_and_one_large_honest_withdrawal():
+    s = Stream()
+    for i in range(5):
+        s(i * 5, "c1", "withdrawal", asset="USDT", amount_usd=900, address=f"a{i}")
+    assert s.patterns() == ["withdrawal_velocity"]  # one incident, one detection
+    assert len(s.found[0].evidence) == 4
+
+    honest = Stream()
+    for i in range(10):
+        honest(-2000 + i * 100, "rich", "deposit", asset="BTC", amount_usd=1_000, address="x")
+    honest(0, "rich", "withdrawal", asset="BTC", amount_usd=250_000, address="cold-wallet")
+    assert honest.found == []
+
+
+def test_wash_trading_and_a_market_makers_volume():
+    s = Stream()
+    for i in range(6):
+        side = "buy" if i % 2 == 0 else "sell"
+        s(i, "w1", "trade", asset="DOGE", side=side, quantity=1000, price_usd=0.1,
+          counterparty_id="w2")  # fmt: skip
+    assert s.patterns() == ["wash_trading"]
+    assert s.found[0].customer_ids == ["w1", "w2"]
+
+    mm = Stream()
+    for i in range(200):
+        side = "buy" if i % 2 == 0 else "sell"
+        mm(i * 0.2, "mm", "trade", asset="BTC", side=side, quantity=0.5, price_usd=60_000,
+           counterparty_id=f"c{i}")  # fmt: skip
+    assert mm.found == []
+
+
+def test_pump_and_dump():
+    s = Stream()
+    for i, c in enumerate(("p1", "p2", "p3", "p4")):
+        s(i, c, "trade", asset="XYZ", side="buy", quantity=1000, price_usd=1.0)
+    for i, c in enumerate(("p1", "p2", "p3", "p4")):
+        s(60 + i, c, "trade", asset="XYZ", side="sell", quantity=1000, price_usd=1.6)
+    assert s.patterns() == ["pump_and_dump"]
+    assert s.found[0].customer_ids == ["p1", "p2", "p3"]
+
+    honest = Stream()  # one lucky trader is not a pump
+    honest(0, "h", "trade", asset="XYZ", side="buy", quantity=10, price_usd=1.0)
+    honest(60, "h", "trade", asset="XYZ", side="sell", quantity=10, price_usd=1.5)
+    assert honest.found == []
+
+
+def test_structuring():
+    s = Stream()
+    for i, amount in enumerate((9_500, 9_800, 9_200)):
+        s(i * 120, "s1", "deposit", asset="USDT", amount_usd=amount, address="src")
+    assert s.patterns() == ["structuring"]
+
+    honest = Stream()
+    for i, amount in enumerate((9_500, 15_000, 3_000)):
+        honest(i * 120, "h", "deposit", asset="USDT", amount_usd=amount, address="src")
+    assert honest.found == []
+
+
+def test_mule_passthrough_and_shared_address():
+    s = Stream()
+    s(0, "m1", "deposit", asset="USDT", amount_usd=5_000, address="victim")
+    s(40, "m1", "withdrawal", asset="USDT", amount_usd=4_900, address="boss")
+    assert s.patterns() == ["mule_passthrough"]
+
+    ring = Stream()
+    for i in range(3):
+        ring(i * 10, f"r{i}", "withdrawal", asset="BTC", amount_usd=500, address="collector")
+    assert ring.patterns() == ["mule_passthrough"]
+    assert ring.found[0].customer_ids == ["r0", "r1", "r2"]
+
+    trader = Stream()  # deposits, trades a lot, withdraws to the same own wallet
+    trader(0, "t", "deposit", asset="USDT", amount_usd=5_000, address="own")
+    for i in range(5):
+        trader(1 + i, "t", "trade", asset="BTC", side="buy", quantity=0.01, price_usd=60_000)
+    trader(40, "t", "withdrawal", asset="USDT", amount_usd=4_900, address="elsewhere")
+    assert trader.found == []
+
+
+def test_anomaly_model_flags_an_outsized_amount_only_after_history():
+    s = Stream()
+    for i in range(400):  # the model learns from everyone's habits (its first window)
+        s(i, f"c{i % 10}", "deposit", asset="USDT", amount_usd=100 + i % 7, address="own")
+    assert s.found == []
+    s(1000, "c1", "deposit", asset="USDT", amount_usd=900_000, address="own")
+    assert "anomaly" in s.patterns()
+    assert s.found[-1].detector.startswith("anomaly")
+
+
+def test_late_events_beyond_grace_are_not_scored():
+    s = Stream(grace_ms=10 * MIN)
+    s.login(100, "c1")
+    out = s.login(50, "c1", country="JP")
+    assert isinstance(out, Late) and s.det.counts["late"] == 1
+
+
+def test_state_restored_from_the_changelog_detects_the_same():
+    a = Stream()
+    a.login(0, "c1", country="DE")
+    log = list(a.det.changes().items())
+    b = Stream()
+    b.det.apply(log)
+    b.seq = itertools.count(1)
+    b.login(30, "c1", country="JP")
+    assert b.patterns() == ["impossible_travel"]
+
+
+def test_thresholds_override_and_typos(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text("[withdrawal_velocity]\nmin_count = 2\n")
+    t = load_thresholds(path)
+    assert t["withdrawal_velocity"]["min_count"] == 2
+    assert t["withdrawal_velocity"]["window_ms"] == 3_600_000
+    path.write_text("[withdrawal_velocity]\nmin_cont = 2\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_thresholds(path)
+    path.write_text("[nope]\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_thresholds(path)
