@@ -282,7 +282,7 @@ class Detectors:
     def process(self, event: Event, where: Evidence) -> list[Detection] | Late:
         """Score one event. Returns its detections, or :class:`Late` when the event is later
         than the grace period allows (counted, not scored)."""
-        late = self.state.admit(event.ts_ms)
+        late = self.state.admit(event.ts_ms, where.partition)
         if late is not None:
             self.counts["late"] = self.counts.get("late", 0) + 1
             return late

@@ -55,31 +55,59 @@ class Late:
 
 
 class Watermark:
-    """Event-time progress: ``max event time seen - grace_ms``."""
+    """Event-time progress: ``max event time seen - grace_ms``.
+
+    With several sources (input partitions), each keeps its own maximum and the watermark
+    is the smallest of them minus the grace: a partition read behind the others does not
+    make its events late. Sources announced with :meth:`expect` hold the watermark back
+    (None) until they produce; a source marked :meth:`idle` (caught up, nothing to read) does
+    not hold it back until it produces again."""
 
     def __init__(self, grace_ms: int) -> None:
         if grace_ms < 0:
             raise ValueError("grace_ms must not be negative")
         self.grace_ms = int(grace_ms)
-        self.max_ts: int | None = None
+        self.max_by: dict[str, int] = {}
+        self.waiting: set[str] = set()
+        self.idle_sources: set[str] = set()
+
+    def expect(self, sources: Iterable[str | int]) -> None:
+        self.waiting |= {str(s) for s in sources} - set(self.max_by)
+
+    def idle(self, source: str | int) -> None:
+        self.idle_sources.add(str(source))
+        self.waiting.discard(str(source))
+
+    @property
+    def max_ts(self) -> int | None:
+        """The largest event time seen from any source."""
+        return max(self.max_by.values()) if self.max_by else None
 
     @property
     def value(self) -> int | None:
         """The watermark (None before the first event)."""
-        return None if self.max_ts is None else self.max_ts - self.grace_ms
+        if self.waiting - self.idle_sources:
+            return None
+        active = [v for k, v in self.max_by.items() if k not in self.idle_sources]
+        if not active:
+            active = list(self.max_by.values())
+        return min(active) - self.grace_ms if active else None
 
-    def admit(self, ts: int) -> Late | None:
-        """Accept ``ts`` (and advance) or return why it is refused."""
+    def admit(self, ts: int, source: str | int = "") -> Late | None:
+        """Accept ``ts`` of ``source`` (and advance) or return why it is refused."""
         wm = self.value
         if wm is not None and ts < wm:
             return Late(
                 ts,
                 wm,
-                f"event time is {self.max_ts - ts} ms behind the newest event seen, more than "
-                f"the grace period of {self.grace_ms} ms",
+                f"event time is {wm + self.grace_ms - ts} ms behind the stream's progress, "
+                f"more than the grace period of {self.grace_ms} ms",
             )
-        if self.max_ts is None or ts > self.max_ts:
-            self.max_ts = ts
+        key = str(source)
+        self.waiting.discard(key)
+        self.idle_sources.discard(key)
+        if ts > self.max_by.get(key, ts - 1):
+            self.max_by[key] = ts
         return None
 
 
@@ -250,9 +278,10 @@ class WindowSet:
     def grace_ms(self) -> int:
         return self.watermark.grace_ms
 
-    def admit(self, ts: int) -> Late | None:
-        """Accept an event time (advancing the watermark) or count it as late and say why."""
-        late = self.watermark.admit(ts)
+    def admit(self, ts: int, source: str | int = "") -> Late | None:
+        """Accept an event time of ``source`` (advancing the watermark) or count it as late
+        and say why."""
+        late = self.watermark.admit(ts, source)
         self._meta_dirty = True
         if late is not None:
             self.late += 1
@@ -275,7 +304,7 @@ class WindowSet:
     # -- serialization -----------------------------------------------------------------
     def _meta_json(self) -> dict[str, Any]:
         return {
-            "max_ts": self.watermark.max_ts,
+            "max_by": self.watermark.max_by,
             "grace_ms": self.watermark.grace_ms,
             "late": self.late,
             "late_reasons": self.late_reasons,
@@ -283,7 +312,7 @@ class WindowSet:
         }
 
     def _load_meta(self, value: dict[str, Any]) -> None:
-        self.watermark.max_ts = value.get("max_ts")
+        self.watermark.max_by = {str(k): int(v) for k, v in value.get("max_by", {}).items()}
         self.late = int(value.get("late", 0))
         self.late_reasons = dict(value.get("late_reasons", {}))
         self.meta = dict(value.get("meta", {}))

@@ -1,0 +1,165 @@
+"""The pipeline end to end on the embedded backend (a real SQLite store)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+
+from streamledger.backends.sqlite import DB_NAME, SQLiteBackend
+from streamledger.core.bundle import verify_bundle
+from streamledger.core.entry import decode_record
+from streamledger.core.note import SigningKey
+from streamledger.fraud.detectors import Detectors
+from streamledger.fraud.events import Alert, Event
+from streamledger.fraud.pipeline import EmbeddedRunner, Pipeline, export_alert_evidence
+from streamledger.ledger import AppendItem, Ledger
+
+T0 = 1_714_550_400_000
+MIN = 60_000
+IN = "logs-customer-trading"
+
+
+def ev(i: int, minute: float, customer: str, type: str, **fields) -> bytes:
+    return Event.make(
+        event_id=f"e{i}", ts_ms=int(T0 + minute * MIN), customer_id=customer, type=type, **fields
+    ).to_json()
+
+
+def stream() -> list[bytes]:
+    out = [
+        ev(0, 0, "alice", "login", ip="1.1.1.1", country="DE", device_id="a1"),
+        ev(1, 1, "bob", "login", ip="2.2.2.2", country="FR", device_id="b1"),
+        ev(2, 20, "alice", "login", ip="3.3.3.3", country="JP", device_id="a9"),  # travel
+        b'{"event_id": "bad1", "ts": "yesterday", "customer_id": "x", "type": "login"}',
+        b"\xff\xfe not json",
+        ev(3, 30, "carol", "deposit", asset="USDT", amount_usd=9_500, address="s"),
+        ev(4, 90, "carol", "deposit", asset="USDT", amount_usd=9_700, address="s"),
+        ev(5, 150, "carol", "deposit", asset="USDT", amount_usd=9_100, address="s"),  # struct.
+        ev(6, 160, "bob", "login", ip="2.2.2.2", country="FR", device_id="b1"),
+        ev(7, 170, "bob", "login", ip="9.9.9.9", country="BE", device_id="b1"),  # tampered
+    ]
+    return out
+
+
+def setup(tmp_path, events=None):
+    backend = SQLiteBackend(tmp_path / "data")
+    signer = SigningKey.generate("example.com/fraud-input")
+    ledger = Ledger.create(backend, IN, partitions=2, signer=signer)
+    items = []
+    for raw in events or stream():
+        try:
+            key = json.loads(raw)["customer_id"].encode()
+        except (ValueError, KeyError):
+            key = b"junk"
+        items.append(AppendItem(raw, key, "application/json"))
+    receipts = ledger.append_many(items)
+    ledger.checkpoint()
+    return backend, ledger, receipts
+
+
+def run(tmp_path, backend):
+    pipeline = Pipeline(Detectors(ledger=IN), input_ledger=IN)
+    runner = EmbeddedRunner(
+        backend,
+        pipeline,
+        suspicious="suspicious-events",
+        alerts="fraud-alert-events",
+        rejects="fraud-alert-events.rejects",
+        state_path=tmp_path / "data" / "fraud-state" / "g.db",
+        batch_size=3,
+    )
+    stats = runner.run(until_idle=0, poll=0)
+    return stats
+
+
+def alerts_of(backend, name="fraud-alert-events"):
+    led = Ledger(backend, name)
+    return [json.loads(e.payload) for p in range(led.partitions) for e in led.read(p)]
+
+
+def test_events_in_alerts_out_with_evidence_and_an_exportable_bundle(tmp_path):
+    backend, ledger, receipts = setup(tmp_path)
+    stats = run(tmp_path, backend)
+    alerts = {a["pattern"]: a for a in alerts_of(backend)}
+    assert set(alerts) == {"impossible_travel", "structuring"}
+    where = {(r.partition, r.seq) for r in receipts}
+    travel = alerts["impossible_travel"]
+    assert travel["customer_ids"] == ["alice"]
+    evidence = [(e["partition"], e["seq"]) for e in travel["evidence"]]
+    assert evidence == sorted([(receipts[0].partition, receipts[0].seq),
+                               (receipts[2].partition, receipts[2].seq)])  # fmt: skip
+    assert set(evidence) <= where
+    struct = alerts["structuring"]
+    assert {(e["partition"], e["seq"]) for e in struct["evidence"]} == {
+        (r.partition, r.seq) for r in receipts[5:8]
+    }
+    # suspicious events point at the same alerts
+    susp = alerts_of(backend, "suspicious-events")
+    assert {s["alert_id"] for s in susp} == {a["alert_id"] for a in alerts.values()}
+    # malformed events went to the rejects ledger with a reason; nothing stopped
+    rejects = alerts_of(backend, "fraud-alert-events.rejects")
+    assert sorted(r["code"] for r in rejects) == ["bad_ts", "not_utf8"]
+    assert all(r["reason"] and "source" in r for r in rejects)
+    assert stats.events == 8 and stats.rejects == 2
+
+    # the travel alert's evidence as audit bundles, verified offline with the log key only
+    bundles = export_alert_evidence(backend, Alert.from_dict(travel))
+    assert bundles
+    for (name, part), text in bundles.items():
+        report = verify_bundle(text, [ledger.signer.verifier])
+        assert name == IN and report.partition == part
+        entries = json.loads(text)["entries"]
+        assert {(part, e["seq"]) for e in entries} <= set(evidence)
+
+    # a second run over the same input: nothing new, nothing duplicated
+    run(tmp_path, backend)
+    assert len(alerts_of(backend)) == 2
+
+
+def _tamper_payload(tmp_path, ledger_name, partition, seq):
+    with closing(sqlite3.connect(tmp_path / "data" / DB_NAME)) as conn, conn:
+        (lid,) = conn.execute("SELECT id FROM ledgers WHERE name=?", (ledger_name,)).fetchone()
+        (record,) = conn.execute(
+            "SELECT record FROM entries WHERE ledger_id=? AND partition=? AND position=?",
+            (lid, partition, seq),
+        ).fetchone()
+        header = len(decode_record(bytes(record)).header_bytes)
+        # bob's login from BE becomes one from JP... by editing bytes after the header
+        changed = bytes(record)[:header] + bytes(record)[header:].replace(b'"BE"', b'"JP"')
+        assert changed != bytes(record)
+        conn.execute(
+            "UPDATE entries SET record=? WHERE ledger_id=? AND partition=? AND position=?",
+            (changed, lid, partition, seq),
+        )
+
+
+def test_a_tampered_input_entry_raises_an_integrity_alert_and_is_not_scored(tmp_path):
+    backend, ledger, receipts = setup(tmp_path)
+    tampered = receipts[9]
+    _tamper_payload(tmp_path, IN, tampered.partition, tampered.seq)
+    stats = run(tmp_path, backend)
+    alerts = alerts_of(backend)
+    integrity = [a for a in alerts if a["pattern"] == "integrity"]
+    assert len(integrity) == 1 and stats.integrity == 1
+    assert integrity[0]["evidence"] == [
+        {"ledger": IN, "partition": tampered.partition, "seq": tampered.seq}
+    ]
+    assert "payload_modified" in integrity[0]["reason"]
+    # bob's forged login (FR -> JP in 10 minutes) was not scored: no travel alert for bob
+    assert not any(
+        a["pattern"] == "impossible_travel" and "bob" in a["customer_ids"] for a in alerts
+    )
+    assert stats.events == 7
+
+
+def test_crash_between_outputs_and_state_is_repaired_without_duplicates(tmp_path):
+    backend, ledger, receipts = setup(tmp_path)
+    run(tmp_path, backend)
+    before = alerts_of(backend)
+    # forget the stored state as if the process died right after appending its outputs
+    state = tmp_path / "data" / "fraud-state" / "g.db"
+    with closing(sqlite3.connect(state)) as conn, conn:
+        conn.execute("DELETE FROM kv")
+    run(tmp_path, backend)
+    assert alerts_of(backend) == before
