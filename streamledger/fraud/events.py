@@ -12,6 +12,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -207,8 +208,12 @@ def parse_ts(value: Any, field_name: str = "ts") -> int:
 def format_ts(ms: int) -> str:
     """Epoch milliseconds -> RFC 3339 UTC with milliseconds (the canonical form)."""
     seconds, millis = divmod(int(ms), 1000)
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+    return f"{_second_text(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 # -- geography ---------------------------------------------------------------------------
@@ -633,3 +638,70 @@ def _opt_num(obj: dict[str, Any], name: str) -> float | None:
             REJECT_BAD_VALUE, f"{name} must be a finite number >= 0, got {str(value)[:24]}", name
         )
     return number
+
+
+# -- incident labels (simulator ground truth, never part of the events) ------------------
+@dataclass(frozen=True)
+class Label:
+    """One injected incident: written by ``fraud simulate --labels``, read by ``evaluate``.
+    ``customer_ids`` sorted; ``start_ts``/``end_ts`` the event times of its first and last
+    event; ``event_ids`` the incident's own events (context events are not listed)."""
+
+    incident_id: str
+    pattern: str
+    customer_ids: tuple[str, ...]
+    start_ts: str
+    end_ts: str
+    event_ids: tuple[str, ...]
+    description: str = ""
+
+    @property
+    def start_ts_ms(self) -> int:
+        return parse_ts(self.start_ts, "start_ts")
+
+    @property
+    def end_ts_ms(self) -> int:
+        return parse_ts(self.end_ts, "end_ts")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id,
+            "pattern": self.pattern,
+            "customer_ids": list(self.customer_ids),
+            "start_ts": self.start_ts,
+            "end_ts": self.end_ts,
+            "event_ids": list(self.event_ids),
+            "description": self.description,
+        }
+
+    def to_json(self) -> bytes:
+        return _dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Label:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedEvent(REJECT_NOT_JSON, f"label is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise MalformedEvent(REJECT_NOT_OBJECT, "label must be a JSON object")
+        pattern = _required(obj, "pattern")
+        if pattern not in PATTERNS:
+            raise MalformedEvent(
+                REJECT_BAD_VALUE, f"label pattern {_show(pattern)} is not a pattern", "pattern"
+            )
+        ids, event_ids = _required(obj, "customer_ids"), obj.get("event_ids") or []
+        for name, value in (("customer_ids", ids), ("event_ids", event_ids)):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise MalformedEvent(REJECT_WRONG_TYPE, f"{name} must be a list of strings", name)
+        start = format_ts(parse_ts(_required(obj, "start_ts"), "start_ts"))
+        end = format_ts(parse_ts(_required(obj, "end_ts"), "end_ts"))
+        return cls(
+            incident_id=str(_required(obj, "incident_id")),
+            pattern=pattern,
+            customer_ids=tuple(sorted(set(ids))),
+            start_ts=start,
+            end_ts=end,
+            event_ids=tuple(event_ids),
+            description=str(obj.get("description") or ""),
+        )
