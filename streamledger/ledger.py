@@ -201,6 +201,19 @@ class Ledger:
             )
 
     # -- appending ---------------------------------------------------------------------
+    def _targets(self, items: Sequence[AppendItem], partition: int | None) -> list[int]:
+        """The partition of every item: the given one, or chosen by each item's key."""
+        if partition is not None:
+            return [partition] * len(items)
+        count = self.partitions
+        if count == 1:
+            return [0] * len(items)
+        rr = self._round_robin
+        return [
+            next(rr) % count if item.key is None else partition_for_key(item.key, count)
+            for item in items
+        ]
+
     def choose_partition(self, key: bytes | None) -> int:
         """Kafka's default partitioner for keyed entries; round-robin without a key."""
         if key is None:
@@ -245,12 +258,7 @@ class Ledger:
                 self._check_partition(p)
         with self._lock:
             targets = (
-                list(partitions)
-                if partitions is not None
-                else [
-                    partition if partition is not None else self.choose_partition(item.key)
-                    for item in normalized
-                ]
+                list(partitions) if partitions is not None else self._targets(normalized, partition)
             )
             for attempt in range(_MAX_RETRIES):
                 try:
@@ -373,10 +381,7 @@ class Ledger:
             in_flight: Future[list[Receipt]] | None = None
             for chunk in _chunks(items, batch_size):
                 normalized = [_normalize(item) for item in chunk]
-                targets = [
-                    partition if partition is not None else self.choose_partition(item.key)
-                    for item in normalized
-                ]
+                targets = self._targets(normalized, partition)
                 staged = self._stage(normalized, targets, heads)
                 if in_flight is not None:
                     yield from in_flight.result()
@@ -762,6 +767,11 @@ class _Staged:
 
 
 def _normalize(item: bytes | AppendItem) -> AppendItem:
+    kind = type(item)
+    if kind is bytes:  # the hot path: plain payloads
+        return AppendItem(item)  # type: ignore[arg-type]
+    if kind is AppendItem:
+        return item  # type: ignore[return-value]
     if isinstance(item, AppendItem):
         return item
     if isinstance(item, bytes | bytearray | memoryview):
