@@ -536,7 +536,7 @@ class KafkaRunner:
 
         from streamledger.backends.kafka._admin import client_config
 
-        admin = AdminClient(client_config(self.bootstrap, self.config, None))
+        admin = AdminClient(client_config(self.bootstrap, self.config, _ignore_error))
         existing = admin.list_topics(timeout=self.timeout).topics
         rf = max(1, min(3, self.backend.brokers))
         want = []
@@ -569,7 +569,7 @@ class KafkaRunner:
 
         from streamledger.backends.kafka._admin import client_config
 
-        conf = client_config(self.bootstrap, self.config, None)
+        conf = client_config(self.bootstrap, self.config, _ignore_error)
         conf.update(
             {
                 "group.id": self.group + ".state-restore",
@@ -623,24 +623,28 @@ class KafkaRunner:
             state_dir=self.state_dir / "consumer",
             on_tamper="quarantine",
             on_finding=self._findings.append,
-            config={k: v for k, v in self.config.items()},
+            # a killed member's partitions move on after 10 s, not librdkafka's 45 s
+            config={"session.timeout.ms": 10_000, **self.config},
             batch_size=self.batch_size,
             timeout=self.timeout,
         )
         ok = False
         try:
             idle_since = time.monotonic()
-            misses: dict[int, int] = {}
+            nexts: dict[int, int] = {}
             wm = self.p.detectors.state.watermark
             while not self._stop:
                 entries = self.consumer.poll(0.5, max_entries=self.batch_size)
                 assigned = self.consumer.assignment()
+                if not assigned:
+                    idle_since = time.monotonic()  # idle counts once partitions are ours
                 wm.expect(assigned)
+                for e in entries:
+                    nexts[e.partition] = e.offset + 1
                 got = {e.partition for e in entries}
-                for p in assigned:  # a partition without entries for 3 polls is caught up
-                    misses[p] = 0 if p in got else misses.get(p, 0) + 1
-                    if misses[p] >= 3:
-                        wm.idle(p)
+                for p in assigned:
+                    if p not in got and self._caught_up(p, nexts.get(p)):
+                        wm.idle(p)  # nothing to read: do not hold the others' watermark back
                 if entries or self._findings:
                     self._batch(entries)
                     idle_since = time.monotonic()
@@ -651,6 +655,19 @@ class KafkaRunner:
             self.consumer.close(acknowledge=ok)
             self.backend.close()
         return self.p.stats
+
+    def _caught_up(self, partition: int, next_offset: int | None) -> bool:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            low, high = self.consumer._consumer.get_watermark_offsets(
+                TopicPartition(self.p.input, partition), timeout=self.timeout, cached=False
+            )
+        except KafkaException:
+            return False
+        if next_offset is None:
+            return high <= low
+        return high - next_offset <= 1  # at most the last transaction's commit marker
 
     def _batch(self, entries: list[Any]) -> None:
         from confluent_kafka import TopicPartition
@@ -696,6 +713,10 @@ class KafkaRunner:
         done = time.time()
         self.p.stats.latencies += [done - ms / 1000 for ms in batch.appended_ms]
         self.p.stats.batches += 1
+
+
+def _ignore_error(err: Any) -> None:
+    """librdkafka error callback: failures surface as exceptions of the calls themselves."""
 
 
 # -- evidence for auditors ---------------------------------------------------------------
