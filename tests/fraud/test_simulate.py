@@ -224,7 +224,7 @@ def test_cli_writes_a_ledger_that_verifies(tmp_path: Path) -> None:
 
     labels, looks = tmp_path / "labels.jsonl", tmp_path / "look.jsonl"
     args = ["--data-dir", str(tmp_path / "data"), "fraud", "simulate", "--customers", "100",
-            "--hours", "1", "--rate", "2", "--seed", "2", "--ledger", ev.INPUT_LEDGER,
+            "--hours", "1", "--rate", "1.5", "--seed", "2", "--ledger", ev.INPUT_LEDGER,
             "--partitions", "4", "--labels", str(labels), "--lookalikes", str(looks),
             "--quiet"]  # fmt: skip
     assert main(args) == 0
@@ -233,12 +233,12 @@ def test_cli_writes_a_ledger_that_verifies(tmp_path: Path) -> None:
         ledger = Ledger(backend, ev.INPUT_LEDGER)
         assert ledger.verify(None).ok
         entries = [(p, e) for p in range(4) for e in ledger.read(p)]
-        assert 0.7 * 2 * 3600 < len(entries) < 1.4 * 2 * 3600
+        assert 0.7 * 1.5 * 3600 < len(entries) < 1.4 * 1.5 * 3600
         for partition, entry in entries:
             event = parse_event(entry.payload)
             assert ledger.choose_partition(event.customer_id.encode()) == partition
         # per customer, entries are in arrival order within its partition
-        expected, _, _ = generate(SimConfig(customers=100, duration_s=3600, rate=2, seed=2))
+        expected, _, _ = generate(SimConfig(customers=100, duration_s=3600, rate=1.5, seed=2))
         wanted = {e.event_id for e in expected}
         assert {parse_event(e.payload).event_id for _, e in entries} == wanted
     finally:
