@@ -171,6 +171,72 @@ def raw_consume(
     return _rate(count, seconds)
 
 
+def sequencer_rate(
+    bootstrap: str,
+    extra: dict[str, str],
+    payloads: list[bytes],
+    partitions: int,
+    batch: int,
+    key: SigningKey,
+    state_dir: Path,
+) -> float:
+    """Exactly-once sequencer service: plain submissions already in an intake topic are
+    sequenced into a ledger; entries/s from its first transaction to its last (the consumer
+    group join before it is not counted)."""
+    import io
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streamledger.backends.kafka import KafkaBackend
+    from streamledger.services.sequencer import Sequencer
+
+    tag = uuid.uuid4().hex[:8]
+    intake, ledger_name = f"bench-intake-{tag}", f"bench-seq-{tag}"
+    admin = AdminClient({"bootstrap.servers": bootstrap, **extra})
+    admin.create_topics([NewTopic(intake, partitions, 1)])[intake].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, **extra})
+    for i, payload in enumerate(payloads):
+        while True:
+            try:
+                producer.produce(intake, payload, partition=i % partitions)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(60)
+    backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
+    try:
+        Ledger.create(backend, ledger_name, partitions=partitions, signer=key)
+    finally:
+        backend.close()
+    marks: dict[str, tuple[float, int]] = {}
+
+    def done(stats: Any) -> bool:
+        if stats.entries and "first" not in marks:
+            marks["first"] = (time.perf_counter(), stats.entries)
+        return stats.entries >= len(payloads)
+
+    sequencer = Sequencer(
+        bootstrap,
+        ledger_name,
+        intake,
+        signer=key,
+        checkpoint_every=0,
+        checkpoint_interval=0,
+        batch_size=batch,
+        stats_interval=0,
+        config=extra,
+        state_dir=state_dir,
+        out=io.StringIO(),
+    )
+    stats = sequencer.run(until=done)
+    end = time.perf_counter()
+    if stats.entries < len(payloads):
+        raise RuntimeError(f"sequencer stopped after {stats.entries} of {len(payloads)}")
+    started, first_entries = marks["first"]
+    return _rate(stats.entries - first_entries, end - started)
+
+
 def _kafka_rows(
     bootstrap: str, extra: dict[str, str], plan: BenchPlan, key: SigningKey, state_dir: Path
 ) -> list[dict[str, Any]]:
@@ -199,6 +265,10 @@ def _kafka_rows(
             append = _rate(appended, time.perf_counter() - started)
             total = appended + plan.batch
             ledger.checkpoint()
+            _say(f"  {size} B x {count}: sequencer service")
+            sequencer = sequencer_rate(
+                bootstrap, extra, payloads, partitions, plan.batch, key, state_dir
+            )
             _say(f"  {size} B x {count}: raw consume / verify")
             consume = raw_consume(bootstrap, extra, ledger.name, partitions, total)
             trust = TrustPolicy((key.verifier,))
@@ -216,6 +286,8 @@ def _kafka_rows(
                 "raw_produce_per_s": produce,
                 "ledger_append_per_s": append,
                 "append_ratio": append / produce,
+                "sequencer_per_s": sequencer,
+                "sequencer_ratio": sequencer / produce,
                 "raw_consume_per_s": consume,
                 "verify_per_s": verify,
                 "verify_ratio": verify / consume,
@@ -494,12 +566,14 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append("Kafka, same broker, same payloads, transactions of equal size")
     lines.append(
         f"{'payload':>8} {'entries':>8} {'raw prod/s':>11} {'append/s':>10} "
-        f"{'ratio':>6} {'raw cons/s':>11} {'verify/s':>10} {'ratio':>6}"
+        f"{'ratio':>6} {'sequencer/s':>11} {'ratio':>6} {'raw cons/s':>11} {'verify/s':>10} "
+        f"{'ratio':>6}"
     )
     for row in results.get("kafka", []):
         lines.append(
             f"{row['payload_bytes']:>8} {row['entries']:>8} {row['raw_produce_per_s']:>11,.0f} "
             f"{row['ledger_append_per_s']:>10,.0f} {row['append_ratio']:>6.2f} "
+            f"{row['sequencer_per_s']:>11,.0f} {row['sequencer_ratio']:>6.2f} "
             f"{row['raw_consume_per_s']:>11,.0f} {row['verify_per_s']:>10,.0f} "
             f"{row['verify_ratio']:>6.2f}"
         )

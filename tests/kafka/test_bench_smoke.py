@@ -27,6 +27,7 @@ def test_quick_benchmark_runs_and_reports_every_measurement(kafka_bootstrap, tmp
             "verify_per_s",
         ):
             assert row[field] > 0, (size, field)
+        assert row["sequencer_per_s"] > 0
         assert row["append_ratio"] == pytest.approx(
             row["ledger_append_per_s"] / row["raw_produce_per_s"]
         )
