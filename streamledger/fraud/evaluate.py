@@ -131,6 +131,11 @@ class Report:
                 f"latency (event time to detected_at) over {self.latency_count} alerts: "
                 f"p50 {self.latency_p50_ms / 1000:.3f} s, p99 {self.latency_p99_ms / 1000:.3f} s"
             )
+            if self.latency_p50_ms > 86_400_000:
+                lines.append(
+                    "  (event times are days before detection: measure latency on a "
+                    "'fraud simulate --realtime' run)"
+                )
         else:
             lines.append("latency: no alerts")
         extras = []

@@ -71,6 +71,8 @@ MM_COUNTRIES = ("SG", "GB", "US", "CH", "HK", "JP")
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 
+#: Events per second of a customer whose sessions need no stretching.
+_CALM_RATE = 0.005
 # (cumulative probability, action) of one action in an honest session
 _TRADER_ACTIONS = ((0.55, "trade"), (0.82, "order"), (0.90, "deposit"), (0.96, "withdrawal"),
                    (1.01, "admin"))  # fmt: skip
@@ -213,6 +215,7 @@ class Simulation:
         self._incident_of: dict[str, _Incident] = {}
         self._country_prefix: dict[str, int] = {}
         self._mm_trades: dict[str, int] = {}
+        self._session_events = 0
         self._make_population()
         self._plan_incidents()
         self._plan_lookalikes()
@@ -222,7 +225,7 @@ class Simulation:
         rng, cfg = self.rng, self.config
         countries = sorted(ev.COUNTRY_LOCATIONS)
         weights = [COUNTRY_WEIGHTS.get(c, 1) for c in countries]
-        n_mm = min(6, max(2, cfg.customers // 500))
+        n_mm = min(12, max(3, cfg.customers // 100))
         mm_rate = 0.2 * cfg.rate / n_mm
         self.market_makers: list[Customer] = []
         for i in range(n_mm):
@@ -451,19 +454,25 @@ class Simulation:
                     }
                 )
         customer.last_login = (login.event_id, t, customer.country)
-        n_actions = 1 + min(
-            12, int(rng.expovariate(1 / (3.5 if customer.style == "trader" else 1.2)))
-        )
+        # very active customers have longer, denser sessions rather than more of them
+        intensity = min(20.0, max(1.0, customer.rate / _CALM_RATE))
+        mean_actions = (3.5 if customer.style == "trader" else 1.2) * intensity
+        n_actions = 1 + min(int(12 * intensity), int(rng.expovariate(1 / mean_actions)))
+        pause_max = max(8_000, int(90_000 / math.sqrt(intensity)))
         did_deposit = did_withdraw = False
+        withdrawals = 0
+        bias = rng.choice(ev.SIDES)  # a session mostly buys or mostly sells
         for _ in range(n_actions):
-            t += rng.randint(5_000, 90_000)
+            t += rng.randint(5_000, pause_max)
             roll = rng.random()
             table = _TRADER_ACTIONS if customer.style == "trader" else _OTHER_ACTIONS
             kind = next(name for limit, name in table if roll < limit)
+            if kind == "withdrawal" and withdrawals >= 2:
+                kind = "order"
             if kind == "deposit" and did_withdraw or kind == "withdrawal" and did_deposit:
                 kind = "order"
             if kind == "trade":
-                t = self._honest_trade(customer, ctx, t)
+                t = self._honest_trade(customer, ctx, t, bias)
             elif kind == "order":
                 asset = rng.choice(customer.assets)
                 usd = customer.typical_usd * rng.lognormvariate(0, 0.5)
@@ -487,6 +496,7 @@ class Simulation:
                 if customer.balance < 50:
                     continue
                 did_withdraw = True
+                withdrawals += 1
                 asset = rng.choice(WITHDRAWAL_ASSETS)
                 book = customer.addresses[self._family(asset)]
                 if rng.random() < 0.05 and t - customer.last_deposit > 24 * HOUR:
@@ -508,10 +518,12 @@ class Simulation:
         customer.last_end = max(customer.last_end, t)
         return self._n - start_n
 
-    def _honest_trade(self, customer: Customer, ctx: tuple[str, str, str], t: int) -> int:
+    def _honest_trade(
+        self, customer: Customer, ctx: tuple[str, str, str], t: int, bias: str | None = None
+    ) -> int:
         rng = self.rng
         asset = rng.choice(customer.assets)
-        side = rng.choice(ev.SIDES)
+        side = bias if bias is not None and rng.random() < 0.8 else rng.choice(ev.SIDES)
         usd = customer.typical_usd * rng.lognormvariate(0, 0.6)
         money = self._money(asset, usd, t)
         self._event(t, customer, ev.ORDER, ctx, side=side, **money)
@@ -1005,8 +1017,10 @@ class Simulation:
                     continue
                 produced = self._session(customer, t)
                 if produced:
-                    gap = rng.expovariate(customer.rate / produced) * 1000
-                    nxt = t + int(gap)  # from the session start: sessions may overlap
+                    self._session_events += produced
+                    gap = rng.expovariate(customer.rate / produced) * 1000 * self._pace(t)
+                    # one session at a time, a pause of at least a minute between them
+                    nxt = max(t + int(gap), customer.last_end + rng.randint(30_000, 5 * MINUTE))
                     if nxt < self.end:
                         self._push(nxt, 1, customer)
             elif kind == 2:
@@ -1018,6 +1032,15 @@ class Simulation:
                 self._large_withdrawal(obj, t)
         while arrivals:
             yield self._emit(heapq.heappop(arrivals))
+
+    def _pace(self, t: int) -> float:
+        """Feedback on session gaps so the customers' events keep to their share of the
+        rate (sessions cannot overlap, so very active customers would fall behind)."""
+        elapsed = (t - self.start) / 1000
+        if elapsed < 600:
+            return 1.0
+        achieved = self._session_events / (0.8 * self.config.rate * elapsed)
+        return min(4.0, max(0.1, achieved**2))
 
     def _emit(self, item: tuple[int, int, Event, _Incident | None]) -> tuple[int, Event]:
         arrival, _, event, incident = item

@@ -48,12 +48,12 @@ def by_customer(run) -> dict[str, list[Event]]:
 
 
 def test_deterministic_for_a_seed() -> None:
-    small = SimConfig(customers=80, duration_s=3600, rate=2, seed=5)
+    small = SimConfig(customers=80, duration_s=1800, rate=2, seed=5)
     a, la, _ = generate(small)
     b, lb, _ = generate(small)
     assert [e.to_json() for e in a] == [e.to_json() for e in b]
     assert [label.to_json() for label in la] == [label.to_json() for label in lb]
-    c, _, _ = generate(SimConfig(customers=80, duration_s=3600, rate=2, seed=6))
+    c, _, _ = generate(SimConfig(customers=80, duration_s=1800, rate=2, seed=6))
     assert [e.to_json() for e in a] != [e.to_json() for e in c]
 
 
