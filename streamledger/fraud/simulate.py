@@ -455,15 +455,17 @@ class Simulation:
                 )
         customer.last_login = (login.event_id, t, customer.country)
         # very active customers have longer, denser sessions rather than more of them
-        intensity = min(20.0, max(1.0, customer.rate / _CALM_RATE))
+        intensity = min(200.0, max(1.0, customer.rate / _CALM_RATE))
         mean_actions = (3.5 if customer.style == "trader" else 1.2) * intensity
         n_actions = 1 + min(int(12 * intensity), int(rng.expovariate(1 / mean_actions)))
-        pause_max = max(8_000, int(90_000 / math.sqrt(intensity)))
+        pause_max = max(2_000, int(90_000 / intensity))
         did_deposit = did_withdraw = False
         withdrawals = 0
         bias = rng.choice(ev.SIDES)  # a session mostly buys or mostly sells
         for _ in range(n_actions):
-            t += rng.randint(5_000, pause_max)
+            t += rng.randint(pause_max // 18, pause_max)
+            if t > self.end:
+                break
             roll = rng.random()
             table = _TRADER_ACTIONS if customer.style == "trader" else _OTHER_ACTIONS
             kind = next(name for limit, name in table if roll < limit)
@@ -611,15 +613,19 @@ class Simulation:
         pool = [c for c in self.customers if not c.traveller]
         rng.shuffle(pool)
         self.incidents = []
+        skipped: list[str] = []
         for pattern in order[:n]:
             incident = self._plan_one(pattern, pool)
             if incident is None:
-                self._warn(
-                    f"simulate: no room for a {pattern} incident in this run (too short); skipped"
-                )
+                skipped.append(pattern)
                 continue
             self.incidents.append(incident)
             self._push(incident.wake, 3, incident)
+        if skipped:
+            self._warn(
+                f"simulate: no room in this run (too short) for {len(skipped)} incident(s): "
+                f"{', '.join(sorted(set(skipped)))}; skipped"
+            )
 
     def _take(
         self, pool: list[Customer], k: int, want: Callable[[Customer], bool]
@@ -1003,6 +1009,8 @@ class Simulation:
                 yield self._emit(heapq.heappop(arrivals))
             if kind == 0:
                 event, incident = obj
+                if t > self.end and incident is None:
+                    continue  # the run ends: sessions still open are cut off
                 delay = int(min(rng.expovariate(1 / 120), 2_000))
                 if rng.random() < 0.003:
                     delay = rng.randint(2_000, MAX_JITTER_MS)
@@ -1037,7 +1045,7 @@ class Simulation:
         """Feedback on session gaps so the customers' events keep to their share of the
         rate (sessions cannot overlap, so very active customers would fall behind)."""
         elapsed = (t - self.start) / 1000
-        if elapsed < 600:
+        if elapsed < 120:
             return 1.0
         achieved = self._session_events / (0.8 * self.config.rate * elapsed)
         return min(4.0, max(0.1, achieved**2))
