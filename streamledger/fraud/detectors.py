@@ -44,6 +44,7 @@ from streamledger.fraud.events import (
     IMPOSSIBLE_TRAVEL,
     LOGIN,
     MULE_PASSTHROUGH,
+    ORDER,
     PASSWORD_RESET,
     PUMP_AND_DUMP,
     SELL,
@@ -229,6 +230,10 @@ class Detectors:
                 "held": SlidingWindow(t["pump_and_dump"]["window_ms"], max_items=500),
                 # per asset: customers who sold at a profit (pump participants)
                 "pump": SlidingWindow(t["pump_and_dump"]["window_ms"], max_items=1_000),
+                # per asset: reference price (moving average of trades and near orders)
+                "ref": Table(),
+                # per asset: min/max trade price per minute (pump detection)
+                "prices": Table(),
                 # per external address: withdrawals of distinct customers to it
                 "addr": SlidingWindow(t["mule_passthrough"]["window_ms"], max_items=500),
                 # per customer: devices, countries, addresses, amount habits (no time bound)
@@ -310,9 +315,10 @@ class Detectors:
             self._remember(event.customer_id, "addr", event.address)
         elif kind == TRADE:
             self._trade_count(event, item)
+            self._remember(event.customer_id, "cps", event.counterparty_id)
             found += self._wash(event, item)
             found += self._pump(event, item)
-        if kind in (DEPOSIT, WITHDRAWAL, TRADE):
+        if kind in (DEPOSIT, WITHDRAWAL, TRADE, ORDER):
             found += self._anomaly(event, item, found)
         out = []
         for d in found:
@@ -444,7 +450,12 @@ class Detectors:
         rows = self.state["cust"].items(event.customer_id, event.ts_ms - t["window_ms"])
         login = None
         for _, it in rows:
-            if it["t"] == LOGIN and it.get("new_dev") and it["ts"] <= event.ts_ms:
+            if (
+                it["t"] == LOGIN
+                and it.get("new_dev")
+                and (it.get("new_cty") or not t["require_new_country"])
+                and it["ts"] <= event.ts_ms
+            ):
                 login = it
                 break
         if login is None:
@@ -452,25 +463,15 @@ class Detectors:
         after = [it for _, it in rows if login["ts"] <= it["ts"] <= event.ts_ms]
         changes = [it for it in after if it["t"] in SENSITIVE]
         kinds = {it["t"] for it in changes}
-        known = set(login.get("known_addr", []))
-        withdrawals = [
-            it
-            for it in after
-            if it["t"] == WITHDRAWAL and it.get("addr") and it["addr"] not in known
-        ]
-        if not changes or not (withdrawals or len(kinds) >= 2):
+        if WITHDRAWAL_ADDRESS_ADDED not in kinds or len(kinds) < 2:
             return []
-        if event.type == WITHDRAWAL and not withdrawals:
-            return []
+        added = {it.get("addr") for it in changes if it["t"] == WITHDRAWAL_ADDRESS_ADDED}
+        withdrawals = [it for it in after if it["t"] == WITHDRAWAL and it.get("addr") in added]
         evidence = [login, *changes, *withdrawals]
         total = sum(w.get("amt") or 0 for w in withdrawals)
         what = ", ".join(sorted(k.replace("_", " ") for k in kinds))
-        tail = (
-            f" and withdrew {_usd(total)} to {len(withdrawals)} new address(es)"
-            if withdrawals
-            else ""
-        )
-        score = 0.75 + 0.1 * bool(withdrawals) + 0.1 * bool(login.get("new_cty"))
+        tail = f" and withdrew {_usd(total)} to it" if withdrawals else ""
+        score = 0.8 + 0.1 * bool(login.get("new_cty")) + 0.05 * bool(withdrawals)
         return [
             self._detection(
                 ACCOUNT_TAKEOVER,
@@ -562,7 +563,7 @@ class Detectors:
                     incident_key=f"addr:{event.address}",
                 )
             )
-        # money in and straight out again
+        # money in and straight out again, to an address added after the money came in
         amount = event.amount_usd or 0
         if amount < t["min_amount_usd"]:
             return out
@@ -574,24 +575,35 @@ class Detectors:
             return out
         first = deposits[0]["ts"]
         deposited = sum(it.get("amt") or 0 for it in deposits)
-        outs = [it for _, it in rows if it["t"] == WITHDRAWAL and it["ts"] >= first]
+        added = {
+            it.get("addr")
+            for _, it in rows
+            if it["t"] == WITHDRAWAL_ADDRESS_ADDED and it["ts"] >= first
+        }
+        outs = [
+            it
+            for _, it in rows
+            if it["t"] == WITHDRAWAL and it["ts"] >= first and it.get("addr") in added
+        ]
         sent = sum(it.get("amt") or 0 for it in outs)
         trades = sum(it.get("n", 0) for _, it in rows if it["t"] == "trades" and it["ts"] >= first)
-        in_addrs = {it.get("addr") for it in deposits}
         if (
-            deposited >= t["min_amount_usd"]
+            outs
+            and deposited >= t["min_amount_usd"]
             and sent >= t["min_out_ratio"] * deposited
             and trades <= t["max_trades"]
-            and not any(o.get("addr") in in_addrs for o in outs)
         ):
+            adds = [
+                it for _, it in rows if it["t"] == WITHDRAWAL_ADDRESS_ADDED and it["ts"] >= first
+            ]
             out.append(
                 self._detection(
                     MULE_PASSTHROUGH,
-                    min(1.0, 0.7 + 0.2 * min(1.0, sent / max(deposited, 1) - t["min_out_ratio"])),
+                    min(1.0, 0.75 + 0.2 * min(1.0, sent / max(deposited, 1))),
                     [event.customer_id],
-                    deposits + outs,
+                    deposits + adds + outs,
                     f"customer {event.customer_id} received {_usd(deposited)} and sent "
-                    f"{_usd(sent)} on to other addresses within "
+                    f"{_usd(sent)} on to a newly added address within "
                     f"{_ago(event.ts_ms - first)}, with {trades} trade(s) in between",
                     anchor=deposits[0]["id"],
                 )
@@ -611,8 +623,18 @@ class Detectors:
                 return
         rows.add(event.customer_id, bucket, {"t": "trades", "ts": bucket, "n": 1})
 
+    def _market_maker(self, customer: str | None) -> bool:
+        """A customer trading with many different counterparties (a market maker) is not a
+        wash trader or a pump participant by its volume alone."""
+        if customer is None:
+            return False
+        prof = self.state["profile"].get(customer) or {}
+        return len(prof.get("cps", [])) >= self.t[WASH_TRADING]["market_maker_counterparties"]
+
     def _wash(self, event: Event, item: dict[str, Any]) -> list[Detection]:
         if not event.counterparty_id:
+            return []
+        if self._market_maker(event.customer_id) or self._market_maker(event.counterparty_id):
             return []
         t = self.t[WASH_TRADING]
         a, b = sorted((event.customer_id, event.counterparty_id))
@@ -636,6 +658,11 @@ class Detectors:
             gross += q
         if len(trades) < t["min_trades"] or gross <= 0:
             return []
+        sizes = [q for _, q, _ in trades]
+        mean = gross / len(sizes)
+        cv = math.sqrt(sum((q - mean) ** 2 for q in sizes) / len(sizes)) / mean
+        if cv > t["max_size_cv"]:
+            return []  # sizes of honest trading vary; wash trades repeat one size
         ratio = abs(net_a) / gross
         directions = {s for _, _, s in trades}
         if ratio > t["max_net_ratio"] or len(directions) < 2:
@@ -654,48 +681,68 @@ class Detectors:
             )
         ]
 
+    def _price_range(self, asset: str, ts: int, price: float | None) -> tuple[float, float]:
+        """Per asset, min and max trade price per minute over the pump window."""
+        t = self.t[PUMP_AND_DUMP]
+        table = self.state["prices"]
+        minutes = table.get(asset)
+        if minutes is None:
+            minutes = {}
+            table.set(asset, minutes)
+        if price:
+            key = str(ts // 60_000)
+            lo_hi = minutes.get(key)
+            minutes[key] = (
+                [price, price] if lo_hi is None else [min(lo_hi[0], price), max(lo_hi[1], price)]
+            )
+            oldest = (ts - t["window_ms"]) // 60_000
+            for k in [k for k in minutes if int(k) < oldest]:
+                del minutes[k]
+            table.touch(asset)
+        if not minutes:
+            return (0.0, 0.0)
+        return (min(v[0] for v in minutes.values()), max(v[1] for v in minutes.values()))
+
     def _pump(self, event: Event, item: dict[str, Any]) -> list[Detection]:
         t = self.t[PUMP_AND_DUMP]
         key = f"{event.asset}|{event.customer_id}"
         held = self.state["held"]
         held.add(key, event.ts_ms, item)
-        if event.side != SELL or not event.price_usd:
+        lo, hi = self._price_range(event.asset or "", event.ts_ms, event.price_usd)
+        if event.side != SELL or lo <= 0 or hi / lo - 1 < t["min_rise"]:
+            return []
+        if self._market_maker(event.customer_id):
             return []
         rows = [it for _, it in held.items(key, event.ts_ms - t["window_ms"], event.ts_ms)]
-        buys = [it for it in rows if it.get("side") == BUY and it.get("px")]
-        qty = sum(it.get("q") or 0 for it in buys)
-        if not buys or qty <= 0:
-            return []
-        avg = sum((it.get("q") or 0) * it["px"] for it in buys) / qty
-        rise = event.price_usd / avg - 1
-        if rise < t["min_rise"]:
-            return []
+        buys = [it for it in rows if it.get("side") == BUY]
+        if not buys or rows[0].get("side") != BUY:
+            return []  # bought first, then sold
         pump = self.state["pump"]
         akey = event.asset or ""
-        mine = [*buys, item]
-        if not any(
+        known = any(
             it["c"] == event.customer_id
             for _, it in pump.items(akey, event.ts_ms - t["window_ms"], event.ts_ms)
-        ):
-            pump.add(akey, event.ts_ms, {"c": event.customer_id, "ts": event.ts_ms, "ev": mine})
-        else:
-            pump.add(akey, event.ts_ms, {"c": event.customer_id, "ts": event.ts_ms, "ev": [item]})
+        )
+        pump.add(
+            akey,
+            event.ts_ms,
+            {"c": event.customer_id, "ts": event.ts_ms, "ev": [item] if known else [*buys, item]},
+        )
         parts = [it for _, it in pump.items(akey, event.ts_ms - t["window_ms"], event.ts_ms)]
         customers = sorted({it["c"] for it in parts})
         if len(customers) < t["min_participants"]:
             return []
         evidence = [e for it in parts for e in it["ev"]]
+        rise = hi / lo - 1
         return [
             self._detection(
                 PUMP_AND_DUMP,
-                min(
-                    1.0, 0.7 + 0.05 * (len(customers) - t["min_participants"]) + 0.2 * min(rise, 1)
-                ),
+                0.7 + 0.05 * (len(customers) - t["min_participants"]) + 0.2 * min(rise, 1),
                 customers,
                 evidence,
-                f"{len(customers)} customers bought {event.asset} and sold it within "
-                f"{_ago(event.ts_ms - min(e['ts'] for e in evidence))} at prices up to "
-                f"{rise:.0%} above what they paid",
+                f"{len(customers)} customers bought {event.asset} and sold it again within "
+                f"{_ago(event.ts_ms - min(e['ts'] for e in evidence))} while its price swung "
+                f"{rise:.0%} (from {lo:.6g} to {hi:.6g} USD)",
                 anchor=min(evidence, key=lambda e: (e["ts"], e["id"]))["id"],
                 incident_key=f"asset:{event.asset}",
             )
@@ -717,13 +764,27 @@ class Detectors:
         x = math.log1p(amount)
         std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
         z = (x - mean) / max(std, 0.25) if n > 1 else 0.0
+        dev = 0.0
+        if event.type in (ORDER, TRADE) and event.price_usd and event.asset:
+            refs = self.state["ref"]
+            ref = refs.get(event.asset)
+            if ref:
+                dev = abs(event.price_usd / ref - 1)
+            if not ref or dev < 0.1 or event.type == TRADE:  # off-market orders do not move it
+                refs.set(
+                    event.asset, event.price_usd if not ref else 0.8 * ref + 0.2 * event.price_usd
+                )
+        assets = prof.setdefault("assets", [])
+        new_asset = bool(event.asset) and len(assets) >= 3 and event.asset not in assets
+        if event.asset and event.asset not in assets:
+            assets.append(event.asset)
+            del assets[:-_PROFILE_LIST]
         features = {
             "z": _squash(max(z, 0.0) / 8),
             "size": _squash(x / 16),
+            "price_dev": _squash(dev / 0.5),
+            "new_asset": 1.0 if new_asset else 0.0,
             "withdrawal": 1.0 if event.type == WITHDRAWAL else 0.0,
-            "new_addr": 1.0
-            if event.type == WITHDRAWAL and event.address not in prof.get("addr", [])
-            else 0.0,
         }
         model = self._ensure_model()
         score = float(model.score_one(features))
@@ -735,11 +796,18 @@ class Detectors:
         m2 += delta * (x - mean)
         prof["amt"] = [n, mean, m2]
         self.state["profile"].touch(event.customer_id)
+        habit = (
+            event.type == ORDER
+            and stats[0] >= t["min_history"]
+            and z >= t["min_amount_z"]
+            and new_asset
+        )
         if (
-            stats[0] < t["min_history"]
-            or score < t["threshold"]
-            or z < t["min_amount_z"]
+            score < t["threshold"]
+            or self._market_maker(event.customer_id)
             or amount < t["min_amount_usd"]
+            or event.type not in (ORDER, TRADE)
+            or not (dev >= t["min_price_dev"] or habit)
             or found  # a rule explains it already
         ):
             return []
@@ -749,8 +817,10 @@ class Detectors:
                 score,
                 [event.customer_id],
                 [item],
-                f"customer {event.customer_id}'s {event.type} of {_usd(amount)} is far outside "
-                f"their habits ({z:.1f} standard deviations above their usual amounts; "
+                f"customer {event.customer_id}'s {event.type} of {_usd(amount)}"
+                f"{f' in {event.asset}' if event.asset else ''} is far outside their habits "
+                f"({z:.1f} standard deviations above their usual amounts"
+                f"{f', {dev:.0%} off the market price' if dev >= 0.05 else ''}; "
                 f"anomaly score {score:.2f})",
                 anchor=event.event_id,
                 detector="anomaly:half_space_trees",
