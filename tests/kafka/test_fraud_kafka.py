@@ -12,23 +12,26 @@ import uuid
 from pathlib import Path
 
 from streamledger.backends.kafka import KafkaBackend
+from streamledger.fraud.detectors import default_thresholds
 from streamledger.fraud.events import Event
 from streamledger.ledger import AppendItem, Ledger
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_714_550_400_000
 CUSTOMERS = 400
+# Withdrawals per customer burst: above the default velocity threshold, whatever it is tuned to.
+VELOCITY_BURST = default_thresholds()["withdrawal_velocity"]["min_count"] + 2
 
 
 def _events() -> list[tuple[str, bytes]]:
-    """CUSTOMERS customers, each with one burst of 5 withdrawals (one velocity incident) and
-    some honest logins and deposits around it; in event-time order."""
+    """CUSTOMERS customers, each with one burst of withdrawals above the default velocity
+    threshold (one velocity incident) after an honest login; in event-time order."""
     out = []
     for minute in range(0, CUSTOMERS * 2, 2):
         c = f"c{minute // 2:04d}"
         base = T0 + minute * 60_000
         out.append((base, c, "login", {"ip": "1.2.3.4", "country": "DE", "device_id": c}))
-        for i in range(5):
+        for i in range(VELOCITY_BURST):
             fields = {"asset": "USDT", "amount_usd": 300.0, "address": f"{c}-w{i}"}
             out.append((base + 1000 + i * 5000, c, "withdrawal", fields))
     out.sort(key=lambda e: e[0])
