@@ -39,6 +39,7 @@ from streamledger.errors import (
     TamperDetected,
     UnknownVersionError,
     VerificationError,
+    WitnessShortfall,
     WriteConflict,
 )
 from streamledger.keys import KeyStore
@@ -96,6 +97,7 @@ __all__ = [
     "VerifierKey",
     "Witness",
     "WitnessAlert",
+    "WitnessShortfall",
     "WriteConflict",
     "append_signed",
     "decode_record",

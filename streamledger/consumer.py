@@ -64,6 +64,7 @@ from streamledger.errors import (
     TamperDetected,
     UnknownVersionError,
     VerificationError,
+    WitnessShortfall,
 )
 
 __all__ = ["QUARANTINE_SUFFIX", "VerifiedConsumer", "VerifiedEntry"]
@@ -659,7 +660,9 @@ class VerifiedConsumer:
             self._found(st, "bad_checkpoint", None, None, f"{where}: {exc}", raw, False, note)
             return
         except VerificationError as exc:
-            kind = "witness_shortfall" if "cosignature" in str(exc) else "untrusted_checkpoint"
+            kind = (
+                "witness_shortfall" if isinstance(exc, WitnessShortfall) else "untrusted_checkpoint"
+            )
             self._found(st, kind, None, None, f"{where}: {exc}", raw, False, note)
             return
         size, root = cp.tree_size, cp.root_hash

@@ -5,7 +5,8 @@
     ├── FormatError                 bytes that are not what they claim (entry, note, vkey, proof)
     │   └── UnknownVersionError     a well-formed entry of a version this code does not know
     ├── VerificationError           a proof, signature or checkpoint does not verify
-    │   └── TamperDetected          a ledger's stored history was altered (carries findings)
+    │   ├── TamperDetected          a ledger's stored history was altered (carries findings)
+    │   └── WitnessShortfall        a checkpoint has fewer valid witness cosignatures than required
     ├── ProofError                  a proof cannot be produced (index or size out of range)
     ├── WriteConflict               another writer extended the partition first (or fenced us)
     └── BackendUnavailable          the store or broker cannot be reached or used
@@ -49,6 +50,10 @@ class TamperDetected(VerificationError):
 
 class ProofError(StreamledgerError):
     """A proof was asked for an index or size the log cannot prove."""
+
+
+class WitnessShortfall(VerificationError):
+    """A validly signed checkpoint lacks the required number of witness cosignatures."""
 
 
 class WriteConflict(StreamledgerError):

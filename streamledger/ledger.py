@@ -541,6 +541,7 @@ class Ledger:
             for key in ("note", "checkpoint")
             if isinstance(note := f.evidence.get(key), str)
         }
+        forks: dict[tuple[str, str], tuple[WitnessAlert, int, int, list[str]]] = {}
         for alert in alerts:
             if not alert.cosigned:
                 continue
@@ -561,47 +562,30 @@ class Ledger:
                     f"({alert.reason}), but this ledger's data agrees with both checkpoints"
                 )
                 continue
-            seq = b.tree_size - 1 if b.tree_size else None
             pair = (body(alert.cosigned), body(alert.refused))
-            same = next(
-                (
-                    f
-                    for f in report.findings
-                    if f.kind == "checkpoint_fork"
-                    and (
-                        body(f.evidence.get("cosigned") or ""),
-                        body(f.evidence.get("refused") or ""),
-                    )
-                    == pair
-                ),
-                None,
-            )
-            if same is not None:
-                same.evidence["witnesses"].append(alert.witness_name)
-                continue
+            if pair in forks:
+                forks[pair][3].append(alert.witness_name)
+            else:
+                forks[pair] = (alert, a.tree_size, b.tree_size, [alert.witness_name])
+        # One finding per conflicting pair of checkpoints, naming every witness that refused.
+        for alert, old_size, new_size, witnesses in forks.values():
             report.findings.append(
                 Finding(
                     "checkpoint_fork",
                     self.name,
                     report.partition,
-                    seq,
+                    new_size - 1 if new_size else None,
                     None,
-                    f"the log key signed a checkpoint of size {b.tree_size} that does not "
-                    f"extend the checkpoint of size {a.tree_size} the witnesses cosigned "
-                    f"({alert.reason}; refused by the witnesses named in the evidence)",
+                    f"the log key signed a checkpoint of size {new_size} that does not extend "
+                    f"the checkpoint of size {old_size} the witnesses cosigned "
+                    f"({alert.reason}; refused by {', '.join(witnesses)})",
                     {
-                        "witnesses": [alert.witness_name],
+                        "witnesses": witnesses,
                         "cosigned": alert.cosigned,
                         "refused": alert.refused,
                     },
                 )
             )
-        for f in report.findings:
-            if f.kind == "checkpoint_fork" and "witnesses" in f.evidence:
-                names = ", ".join(f.evidence["witnesses"])
-                object.__setattr__(
-                    f, "detail", f.detail.replace("the witnesses named in the evidence", names)
-                )
 
     # -- proofs ------------------------------------------------------------------------
     def prove_inclusion(

@@ -30,7 +30,7 @@ from streamledger.core.note import (
     sign_note,
     signature_line,
 )
-from streamledger.errors import ConfigError, FormatError, VerificationError
+from streamledger.errors import ConfigError, FormatError, VerificationError, WitnessShortfall
 
 __all__ = [
     "Checkpoint",
@@ -210,7 +210,7 @@ def verify_checkpoint(
         if (sig := verified.get((w.name, w.key_hash))) is not None
     )
     if len(cosignatures) < required_witnesses:
-        raise VerificationError(
+        raise WitnessShortfall(
             f"checkpoint for {cp.origin} size {cp.tree_size} has {len(cosignatures)} valid "
             f"cosignature(s), {required_witnesses} required"
         )
