@@ -31,9 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
@@ -52,6 +50,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamledger._files import write_atomic
 from streamledger.backends.base import LedgerConfig
 from streamledger.backends.kafka import HISTORY_SUFFIX as _HISTORY_SUFFIX
 from streamledger.core.entry import ZERO_HASH, EntryHeader, decode_record
@@ -187,28 +186,6 @@ def _range_hashes(tree: CompactRange) -> list[bytes]:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip(".") or "_"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write temp file, fsync, rename over ``path``, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 class VerifiedConsumer:
@@ -466,7 +443,7 @@ class VerifiedConsumer:
             "history_offset": s.history_offset,
             "checked_size": s.checked_size,
         }
-        _write_atomic(self._state_path(partition), json.dumps(data, indent=1).encode())
+        write_atomic(self._state_path(partition), json.dumps(data, indent=1).encode())
 
     def _load_state(self, partition: int) -> _Saved | None:
         path = self._state_path(partition)

@@ -24,13 +24,10 @@ next start.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from streamledger._files import write_atomic
 from streamledger.backends.base import Backend
 from streamledger.core.bundle import WitnessAlert, cosignature_document
 from streamledger.core.checkpoint import cosign_checkpoint, verify_checkpoint
@@ -161,26 +159,6 @@ def _fingerprint(note: str) -> str:
     return hashlib.sha256(note.encode("utf-8")).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class Witness:
     """A witness of one ledger: verify, check consistency, cosign or refuse, publish.
 
@@ -246,7 +224,7 @@ class Witness:
             "partitions": {str(p): st.to_json() for p, st in sorted(self._partitions.items())},
             "outbox": [[k, key, v.decode()] for k, key, v in self._outbox],
         }
-        _write_atomic(self.state_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        write_atomic(self.state_path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
     def _flush(self) -> None:
         while self._outbox:
