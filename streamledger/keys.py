@@ -109,21 +109,11 @@ class KeyStore:
     def load_reader(self, name: str) -> ReaderKey:
         """Load reader key ``name``; ConfigError naming the file (never its content)."""
         path = self.reader_path(name)
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(
-                f"no reader key {name!r} ({path}): create it with "
-                f"'streamledger keys generate {name} --reader'"
-            ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read key file {path}: {exc}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
-                f"run 'chmod 600 {path}'"
-            )
+        text = read_private_file(
+            path,
+            f"no reader key {name!r} ({path}): create it with "
+            f"'streamledger keys generate {name} --reader'",
+        )
         try:
             key = ReaderKey.from_private_text(text)
         except (ConfigError, FormatError, ValueError):
@@ -150,16 +140,14 @@ class KeyStore:
         return sorted(unquote(p.name[: -len(".reader")]) for p in self.directory.glob("*.reader"))
 
 
-def load_key_file(path: str | Path, *, expected_name: str | None = None) -> SigningKey:
-    """Read a private key file. Errors name the file, never its contents."""
-    path = Path(path)
+def read_private_file(path: Path, missing: str) -> str:
+    """The text of a private key file, refusing files other users can read. Errors name the
+    file (``missing`` says what to do when it does not exist), never its contents."""
     try:
         mode = path.stat().st_mode
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(
-            f"no key file {path}: create it with 'streamledger keys generate NAME'"
-        ) from None
+        raise ConfigError(missing) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read key file {path}: {exc}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -167,6 +155,15 @@ def load_key_file(path: str | Path, *, expected_name: str | None = None) -> Sign
             f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
             f"run 'chmod 600 {path}'"
         )
+    return text
+
+
+def load_key_file(path: str | Path, *, expected_name: str | None = None) -> SigningKey:
+    """Read a private key file. Errors name the file, never its contents."""
+    path = Path(path)
+    text = read_private_file(
+        path, f"no key file {path}: create it with 'streamledger keys generate NAME'"
+    )
     try:
         key = SigningKey.from_private_text(text)
     except (ConfigError, FormatError) as exc:
