@@ -57,7 +57,7 @@ from streamledger.backends.kafka._admin import (
     unavailable,
 )
 from streamledger.backends.kafka._cache import CacheUpdate, Frontier, NodeCache
-from streamledger.core.entry import ZERO_HASH, StoredRecord, decode_record, header_length
+from streamledger.core.entry import ZERO_HASH, Entry, StoredRecord, decode_record, header_length
 from streamledger.core.merkle import CompactRange
 from streamledger.errors import (
     BackendUnavailable,
@@ -532,18 +532,9 @@ class KafkaBackend:
         expected, prev = front.size, front.last_leaf or ZERO_HASH
         last_offset = front.last_offset
         first_seq, offsets, nodes = expected, [], []
-        for batch in self._fetch(self._reader(), ledger, partition, start, lso):
-            for m in batch:
-                value = m.value()
-                if value is None:
-                    continue
-                try:
-                    entry = decode_record(value)
-                except FormatError:
-                    continue
+        for batch in self._own_entries(self._reader(), ledger, partition, start, lso):
+            for m, entry in batch:
                 h = entry.header
-                if h.ledger != ledger or h.partition != partition:
-                    continue
                 if h.seq != expected or h.prev_hash != prev:
                     if expected == 0 and h.seq > 0 and low > 0 and start == low:
                         raise BackendUnavailable(
@@ -888,17 +879,10 @@ class KafkaBackend:
         prev: bytes | None = None
         consumer = self._consumer()
         try:
-            for batch in self._fetch(consumer, ledger, partition, offset, lso):
-                for m in batch:
-                    value = m.value()
-                    if value is None:
-                        continue
-                    try:
-                        entry = decode_record(value)
-                    except FormatError:
-                        continue
+            for batch in self._own_entries(consumer, ledger, partition, offset, lso):
+                for m, entry in batch:
                     h = entry.header
-                    if h.ledger != ledger or h.partition != partition or h.seq != expected:
+                    if h.seq != expected:
                         continue
                     leaf = hashlib.sha256(b"\x00" + entry.header_bytes).digest()
                     if prev is None:
@@ -907,13 +891,32 @@ class KafkaBackend:
                             continue  # not the record the writer stored for this seq
                     elif h.prev_hash != prev:
                         continue
-                    yield StoredRecord(m.offset(), value)
+                    yield StoredRecord(m.offset(), m.value())
                     prev = leaf
                     expected += 1
                     if end is not None and expected >= end:
                         return
         finally:
             consumer.close()
+
+    def _own_entries(
+        self, consumer: Consumer, ledger: str, partition: int, start: int, stop: int
+    ) -> Iterator[list[tuple[Message, Entry]]]:
+        """Fetched batches, keeping only records that decode as entries of this ledger and
+        partition (the writer's view: foreign and garbage records are not its log)."""
+        for batch in self._fetch(consumer, ledger, partition, start, stop):
+            own = []
+            for m in batch:
+                value = m.value()
+                if value is None:
+                    continue
+                try:
+                    entry = decode_record(value)
+                except FormatError:
+                    continue
+                if entry.header.ledger == ledger and entry.header.partition == partition:
+                    own.append((m, entry))
+            yield own
 
     def _search(self, ledger: str, partition: int, seq: int, low: int, lso: int) -> int:
         """Smallest offset from which the first entry of this log has ``seq >= target``
