@@ -374,7 +374,30 @@ class VerifiedConsumer:
         return {p: st.checked_size for p, st in self._parts.items()}
 
     def assignment(self) -> list[int]:
+        """The partitions assigned to this consumer now, sorted."""
         return sorted(self._parts)
+
+    def watermarks(self, partition: int) -> tuple[int, int]:
+        """``(low, high)`` offsets of a partition of the ledger topic, asked from the broker
+        now (``read_committed``: high is the last stable offset). ``high`` minus the offset
+        after the last entry delivered is at most the commit marker when caught up.
+        Raises ``BackendUnavailable`` if the broker does not answer within ``timeout``."""
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.ledger, partition), timeout=self.timeout, cached=False
+            )
+        except KafkaException as exc:
+            raise BackendUnavailable(
+                f"reading the offsets of {self.ledger}[{partition}] failed: {exc}"
+            ) from None
+        return int(low), int(high)
+
+    def group_metadata(self) -> Any:
+        """The consumer group's metadata (``Consumer.consumer_group_metadata()``) for a
+        transactional producer's ``send_offsets_to_transaction``, e.g. as
+        ``group_metadata`` of :func:`streamledger.ledger.append_atomically`'s transaction:
+        the entries' offsets are then committed in the same transaction as the output."""
+        return self._consumer.consumer_group_metadata()
 
     def close(self, acknowledge: bool = True) -> None:
         """Store heads and offsets and leave the group.

@@ -15,12 +15,13 @@ batch on the new head and retries.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -351,6 +352,10 @@ class Ledger:
             offsets = self.backend.append(self.name, staged.batches, **transaction)
         else:
             offsets = self.backend.append(self.name, staged.batches)
+        return self._advance(staged, offsets)
+
+    def _advance(self, staged: _Staged, offsets: Mapping[int, list[int]]) -> list[Receipt]:
+        """A staged batch was stored at ``offsets``: move the writers' heads, give receipts."""
         for part, (size, prev, tree) in staged.heads.items():
             writer = self._writer(part)
             writer.size, writer.prev_leaf, writer.tree = size, prev, tree
@@ -739,6 +744,72 @@ def _verify_in_worker(
         return Ledger(backend, ledger).verify(trust, partitions=[partition]).partitions[0]
     finally:
         backend.close()
+
+
+def append_atomically(
+    appends: Sequence[tuple[Ledger, Iterable[bytes | AppendItem]]],
+    *,
+    transaction: Mapping[str, Any] | None = None,
+) -> list[list[Receipt]]:
+    """Append to several ledgers all or nothing, in ONE backend transaction.
+
+    ``appends`` is a list of ``(ledger, items)``; every ledger is opened on the same backend
+    object, each at most once, and each item's key chooses its partition as in
+    :meth:`Ledger.append_many`. Returns one list of receipts per ledger, in input order.
+    ``transaction`` goes to the backend like ``append_many``'s (Kafka: ``consumer_offsets``,
+    ``group_metadata``, ``extra_records``), so a consumer-to-ledgers pipeline can write all
+    its outputs and commit its input offsets exactly once.
+
+    Needs a backend that can write several ledgers in one transaction
+    (:meth:`KafkaBackend.append_ledgers <streamledger.backends.kafka.KafkaBackend.append_ledgers>`):
+    the transaction is the first ledger's, and this process must be the only writer of the
+    other ledgers. With a single ledger it is ``append_many``. On ``WriteConflict`` the heads
+    of every ledger are re-read and the whole batch is built again (up to 5 times)."""
+    if not appends:
+        return []
+    ledgers = [ledger for ledger, _ in appends]
+    backend = ledgers[0].backend
+    if len({id(ledger) for ledger in ledgers}) != len(ledgers) or len(
+        {ledger.name for ledger in ledgers}
+    ) != len(ledgers):
+        raise ConfigError("append_atomically: each ledger may appear only once")
+    if any(ledger.backend is not backend for ledger in ledgers):
+        raise ConfigError("append_atomically: all ledgers must be opened on the same backend")
+    normalized = [[_normalize(item) for item in items] for _, items in appends]
+    if len(appends) == 1:
+        return [ledgers[0].append_many(normalized[0], transaction=dict(transaction or {}))]
+    multi = getattr(backend, "append_ledgers", None)
+    if multi is None:
+        raise ConfigError(
+            f"{type(backend).__name__} cannot append to several ledgers in one transaction"
+        )
+    with contextlib.ExitStack() as stack:
+        for ledger in sorted(ledgers, key=lambda led: led.name):  # one lock order
+            stack.enter_context(ledger._lock)
+        targets = [
+            led._targets(items, None) for led, items in zip(ledgers, normalized, strict=True)
+        ]
+        for attempt in range(_MAX_RETRIES):
+            staged = [
+                led._stage(items, parts, led._writers_view())
+                for led, items, parts in zip(ledgers, normalized, targets, strict=True)
+            ]
+            try:
+                offsets = multi(
+                    {led.name: st.batches for led, st in zip(ledgers, staged, strict=True)},
+                    **dict(transaction or {}),
+                )
+            except WriteConflict:
+                for led in ledgers:  # someone moved a head: reload them all
+                    led._writers.clear()
+                if attempt == _MAX_RETRIES - 1:
+                    raise
+                continue
+            return [
+                led._advance(st, offsets.get(led.name, {}))
+                for led, st in zip(ledgers, staged, strict=True)
+            ]
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from typing import Any
 from streamledger.core.entry import ZERO_HASH, decode_record
 from streamledger.core.merkle import CompactRange, range_nodes
 from streamledger.core.verify import TrustPolicy, check_checkpoint_note
-from streamledger.errors import ConfigError, FormatError, StreamledgerError
+from streamledger.errors import BackendUnavailable, ConfigError, FormatError, StreamledgerError
 from streamledger.fraud.detectors import Detection, Detectors, load_thresholds
 from streamledger.fraud.events import (
     ALERTS_LEDGER,
@@ -56,7 +56,7 @@ from streamledger.fraud.events import (
     parse_event,
 )
 from streamledger.fraud.windows import Late
-from streamledger.ledger import AppendItem, Ledger
+from streamledger.ledger import AppendItem, Ledger, append_atomically
 
 __all__ = ["Pipeline", "RunStats", "add_arguments", "export_alert_evidence", "main"]
 
@@ -523,8 +523,8 @@ class KafkaRunner:
         self.alerts = _open_or_create(self.backend, alerts)
         self._ensure_topics()
         # Fence a previous instance now (init_transactions completes or aborts its open
-        # transaction), so the suspicious ledger's head read below is final.
-        self.backend._writer(alerts)
+        # transaction), so the state and the suspicious ledger's head read below are final.
+        self.backend.fence(alerts)
         self._restore()
         self._findings: list[Any] = []
         self._stop = False
@@ -657,13 +657,9 @@ class KafkaRunner:
         return self.p.stats
 
     def _caught_up(self, partition: int, next_offset: int | None) -> bool:
-        from confluent_kafka import KafkaException, TopicPartition
-
         try:
-            low, high = self.consumer._consumer.get_watermark_offsets(
-                TopicPartition(self.p.input, partition), timeout=self.timeout, cached=False
-            )
-        except KafkaException:
+            low, high = self.consumer.watermarks(partition)
+        except BackendUnavailable:
             return False
         if next_offset is None:
             return high <= low
@@ -682,14 +678,6 @@ class KafkaRunner:
         batch = self.p.take()
         self.p.detectors.end_batch()
         extra: list[tuple[str, int | None, bytes | None, bytes | None, list | None]] = []
-        staged = None
-        if batch.suspicious:
-            led = self.suspicious
-            targets = [led.choose_partition(i.key) for i in batch.suspicious]
-            staged = led._stage(batch.suspicious, targets, led._writers_view())
-            for part, b in staged.batches.items():
-                for rec, key in zip(b.records, b.keys, strict=True):
-                    extra.append((led.name, part, key, rec, None))
         for item in batch.rejects:
             extra.append((self.rejects, 0, item.key, item.payload, None))
         for key, value in self.p.detectors.changes().items():
@@ -698,18 +686,19 @@ class KafkaRunner:
             "consumer_offsets": [
                 TopicPartition(self.p.input, p, o) for p, o in sorted(offsets.items())
             ],
-            "group_metadata": self.consumer._consumer.consumer_group_metadata(),
+            "group_metadata": self.consumer.group_metadata(),
             "extra_records": extra,
         }
+        # ONE transaction of the alerts ledger's writer: alerts, suspicious events (built on
+        # the suspicious ledger's head), rejects, state changelog and the input offsets.
         try:
-            self.alerts.append_many(batch.alerts, transaction=transaction)
+            append_atomically(
+                [(self.alerts, batch.alerts), (self.suspicious, batch.suspicious)],
+                transaction=transaction,
+            )
         except BaseException:
             self.suspicious.forget_heads()
             raise
-        if staged is not None:
-            for part, (size, prev, tree) in staged.heads.items():
-                w = self.suspicious._writer(part)
-                w.size, w.prev_leaf, w.tree = size, prev, tree
         done = time.time()
         self.p.stats.latencies += [done - ms / 1000 for ms in batch.appended_ms]
         self.p.stats.batches += 1

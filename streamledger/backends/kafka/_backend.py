@@ -105,6 +105,8 @@ class _Writer:
     producer: Producer
     transactional_id: str
     synced: set[int] = field(default_factory=set)
+    # partitions of other ledgers this writer's transactions extend (append_ledgers)
+    synced_other: set[tuple[str, int]] = field(default_factory=set)
 
 
 class _CommitUnknown(Exception):
@@ -612,6 +614,24 @@ class KafkaBackend:
                     writer.synced.clear()
                 else:
                     writer.synced.difference_update(partitions)
+            for w in self._writers.values():
+                w.synced_other = {
+                    (name, p)
+                    for name, p in w.synced_other
+                    if name != ledger or (partitions is not None and p not in partitions)
+                }
+
+    def fence(self, ledger: str) -> str:
+        """Start the transactional writer of ``ledger`` now and return its transactional id.
+
+        ``init_transactions`` fences every older producer with the same id and completes or
+        aborts its open transaction before this returns. Appends do this on first use; call
+        it first when you are about to read something a previous instance of your process
+        may have left in an open transaction (its state, the heads of the other ledgers it
+        wrote with :meth:`append_ledgers`)."""
+        self.ledger_config(ledger)
+        with self._lock:
+            return self._writer(ledger).transactional_id
 
     def append(
         self,
@@ -631,86 +651,138 @@ class KafkaBackend:
         consumer-to-ledger pipeline is then exactly once, and a consumer of an older group
         generation (a zombie) is fenced (KIP-447): its transaction is aborted, nothing of it
         is written, and the append raises ``WriteConflict``."""
+        return self.append_ledgers(
+            {ledger: batches},
+            consumer_offsets=consumer_offsets,
+            group_metadata=group_metadata,
+            extra_records=extra_records,
+        ).get(ledger, {})
+
+    def append_ledgers(
+        self,
+        batches: Mapping[str, Mapping[int, AppendBatch]],
+        *,
+        consumer_offsets: Sequence[TopicPartition] | None = None,
+        group_metadata: Any = None,
+        extra_records: Sequence[ExtraRecord] | None = None,
+    ) -> dict[str, dict[int, list[int]]]:
+        """Append batches to several ledgers in ONE Kafka transaction: ledger -> partition
+        -> offsets of its records.
+
+        The transaction is the first ledger's: it runs on that ledger's transactional
+        producer (its ``transactional.id`` fences older writers), and the other ledgers'
+        records are produced inside it. Every batch must start at its partition's head, as
+        with :meth:`append` (else ``WriteConflict``). Use it when one process is the only
+        writer of all these ledgers (a pipeline writing its outputs), and give the other
+        ledgers no writer of their own meanwhile: their heads are checked against the topic
+        when first used and then followed from this backend's own commits.
+        ``consumer_offsets``, ``group_metadata`` and ``extra_records`` as in :meth:`append`.
+        :func:`streamledger.ledger.append_atomically` builds the batches."""
+        if not batches:
+            raise ConfigError("append_ledgers needs at least one ledger")
         if consumer_offsets and group_metadata is None:
             raise ConfigError("consumer_offsets need the consumer's group_metadata")
-        config = self.ledger_config(ledger)
-        for partition in batches:
-            if not 0 <= partition < config.partitions:
-                raise ConfigError(
-                    f"ledger {ledger!r} has partitions 0..{config.partitions - 1}, not {partition}"
-                )
-        batches = {p: b for p, b in batches.items() if b.records}
+        via = next(iter(batches))
+        todo: dict[str, dict[int, AppendBatch]] = {}
+        for ledger, parts in batches.items():
+            config = self.ledger_config(ledger)
+            for partition in parts:
+                if not 0 <= partition < config.partitions:
+                    raise ConfigError(
+                        f"ledger {ledger!r} has partitions 0..{config.partitions - 1}, "
+                        f"not {partition}"
+                    )
+            kept = {p: b for p, b in parts.items() if b.records}
+            if kept:
+                todo[ledger] = kept
         extras = (list(extra_records or ()), list(consumer_offsets or ()), group_metadata)
-        if not batches and not extras[0] and not extras[1]:
+        if not todo and not extras[0] and not extras[1]:
             return {}
         with self._lock:
-            writer = self._writer(ledger)
-            cache = self._cache(ledger)
-            for partition, batch in batches.items():
-                if partition not in writer.synced:
-                    front = self._sync(ledger, partition)
-                    writer.synced.add(partition)
-                else:
-                    front = cache.frontier(partition)
-                if front.size != batch.first_seq:
-                    raise WriteConflict(
-                        f"ledger {ledger!r} partition {partition} has {front.size} entries, but "
-                        f"the batch starts at seq {batch.first_seq}: another writer appended "
-                        "meanwhile"
+            writer = self._writer(via)
+            for ledger, parts in todo.items():
+                cache = self._cache(ledger)
+                for partition, batch in parts.items():
+                    if ledger == via:
+                        synced = partition in writer.synced
+                    else:
+                        synced = (ledger, partition) in writer.synced_other
+                    if not synced:
+                        front = self._sync(ledger, partition)
+                        if ledger == via:
+                            writer.synced.add(partition)
+                        else:
+                            writer.synced_other.add((ledger, partition))
+                    else:
+                        front = cache.frontier(partition)
+                    if front.size != batch.first_seq:
+                        raise WriteConflict(
+                            f"ledger {ledger!r} partition {partition} has {front.size} entries, "
+                            f"but the batch starts at seq {batch.first_seq}: another writer "
+                            "appended meanwhile"
+                        )
+            try:
+                offsets = self._transact(via, writer, todo, extras)
+            except BaseException:
+                # the other ledgers' heads are read from the topic again next time
+                writer.synced_other.clear()
+                raise
+            for ledger, parts in todo.items():
+                updates = []
+                for partition, batch in parts.items():
+                    offs = offsets[ledger][partition]
+                    size = batch.first_seq + len(batch.records)
+                    front = Frontier(offs[-1] + 1, size, _leaf_of(batch.records[-1]), offs[-1])
+                    self._written_end[(ledger, partition)] = offs[-1] + 1
+                    updates.append(
+                        CacheUpdate(partition, batch.first_seq, offs, list(batch.nodes), front)
                     )
-            offsets = self._transact(ledger, writer, batches, extras)
-            updates = []
-            for partition, batch in batches.items():
-                offs = offsets[partition]
-                size = batch.first_seq + len(batch.records)
-                front = Frontier(offs[-1] + 1, size, _leaf_of(batch.records[-1]), offs[-1])
-                self._written_end[(ledger, partition)] = offs[-1] + 1
-                updates.append(
-                    CacheUpdate(partition, batch.first_seq, offs, list(batch.nodes), front)
-                )
-            cache.apply(updates)
+                self._cache(ledger).apply(updates)
             return offsets
 
     def _transact(
         self,
         ledger: str,
         writer: _Writer,
-        batches: Mapping[int, AppendBatch],
+        batches: Mapping[str, Mapping[int, AppendBatch]],
         extras: tuple[list[ExtraRecord], list[TopicPartition], Any] = ([], [], None),
-    ) -> dict[int, list[int]]:
+    ) -> dict[str, dict[int, list[int]]]:
+        """One transaction of ``ledger``'s writer holding ``batches`` (ledger -> partition
+        -> batch, possibly of several ledgers) and the extras."""
         # Delivery reports only for the first and last record of each partition: inside a
         # transaction our records of a partition almost always sit at consecutive offsets
         # (then the two reports give every offset); if another producer slipped records in
         # between, _locate reads the offsets back. A failed record in the middle makes the
         # commit fail, so no report is needed to notice it.
         producer = writer.producer
-        reports: dict[tuple[int, int], tuple[int, KafkaError | None]] = {}
+        reports: dict[tuple[str, int, int], tuple[int, KafkaError | None]] = {}
 
-        def reporter(partition: int, position: int):
+        def reporter(topic: str, partition: int, position: int):
             def on_delivery(err: KafkaError | None, msg: Message) -> None:
-                reports[(partition, position)] = (msg.offset(), err)
+                reports[(topic, partition, position)] = (msg.offset(), err)
 
             return on_delivery
 
         produce, poll = producer.produce, producer.poll
         try:
             producer.begin_transaction()
-            for partition, batch in batches.items():
-                records, keys = batch.records, batch.keys
-                last = len(records) - 1
-                if len(keys) != len(records):
-                    raise ValueError("an AppendBatch needs one key (or None) per record")
-                for i, record in enumerate(records):
-                    cb = reporter(partition, i) if i == 0 or i == last else None
-                    while True:
-                        try:
-                            if cb is None:
-                                produce(ledger, record, keys[i], partition)
-                            else:
-                                produce(ledger, record, keys[i], partition, on_delivery=cb)
-                            break
-                        except BufferError:
-                            poll(0.05)
+            for topic, parts in batches.items():
+                for partition, batch in parts.items():
+                    records, keys = batch.records, batch.keys
+                    last = len(records) - 1
+                    if len(keys) != len(records):
+                        raise ValueError("an AppendBatch needs one key (or None) per record")
+                    for i, record in enumerate(records):
+                        cb = reporter(topic, partition, i) if i == 0 or i == last else None
+                        while True:
+                            try:
+                                if cb is None:
+                                    produce(topic, record, keys[i], partition)
+                                else:
+                                    produce(topic, record, keys[i], partition, on_delivery=cb)
+                                break
+                            except BufferError:
+                                poll(0.05)
             extra_records, consumer_offsets, group_metadata = extras
             for topic, partition, key, value, headers in extra_records:
                 while True:
@@ -748,21 +820,23 @@ class KafkaBackend:
             ) from None
         except KafkaException as exc:
             self._transaction_failed(ledger, writer, exc)
-        offsets: dict[int, list[int]] = {}
-        for partition, batch in batches.items():
-            n = len(batch.records)
-            first = reports.get((partition, 0))
-            last = reports.get((partition, n - 1))
-            if first is None or last is None:
-                self._drop_writer(ledger)
-                raise BackendUnavailable(
-                    f"ledger {ledger!r} partition {partition}: the broker committed the append "
-                    "but sent no delivery report; the next append re-reads the heads"
-                )
-            if last[0] - first[0] == n - 1:
-                offsets[partition] = list(range(first[0], last[0] + 1))
-            else:
-                offsets[partition] = self._locate(ledger, partition, first[0], last[0], batch)
+        offsets: dict[str, dict[int, list[int]]] = {}
+        for topic, parts in batches.items():
+            mine = offsets[topic] = {}
+            for partition, batch in parts.items():
+                n = len(batch.records)
+                first = reports.get((topic, partition, 0))
+                last = reports.get((topic, partition, n - 1))
+                if first is None or last is None:
+                    self._drop_writer(ledger)
+                    raise BackendUnavailable(
+                        f"ledger {topic!r} partition {partition}: the broker committed the "
+                        "append but sent no delivery report; the next append re-reads the heads"
+                    )
+                if last[0] - first[0] == n - 1:
+                    mine[partition] = list(range(first[0], last[0] + 1))
+                else:
+                    mine[partition] = self._locate(topic, partition, first[0], last[0], batch)
         return offsets
 
     def _locate(
