@@ -21,12 +21,10 @@ Thresholds come from ``thresholds.toml`` (package data) merged with an override 
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import json
 import math
-import pickle
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ from streamledger.fraud.events import (
     format_ts,
     make_alert_id,
 )
+from streamledger.fraud.model_state import dump_hst, load_hst
 from streamledger.fraud.windows import Late, SlidingWindow, Table, WindowSet
 
 __all__ = [
@@ -256,24 +255,24 @@ class Detectors:
         """Changelog of everything changed since the last call (window state and model)."""
         out = self.state.changes()
         if self._model_dirty and self._model is not None:
-            out[_MODEL_KEY] = base64.b64encode(pickle.dumps(self._model))
+            out[_MODEL_KEY] = dump_hst(self._model)
             self._model_dirty = False
         return out
 
     def items(self) -> list[tuple[str, bytes]]:
         out = list(self.state.items())
         if self._model is not None:
-            out.append((_MODEL_KEY, base64.b64encode(pickle.dumps(self._model))))
+            out.append((_MODEL_KEY, dump_hst(self._model)))
         return out
 
     def apply(self, changes: Iterable[tuple[str, bytes | None]]) -> None:
-        """Load a changelog (state recovered after a restart)."""
+        """Load a changelog (state recovered after a restart). The anomaly model's state is
+        JSON data (:mod:`streamledger.fraud.model_state`); anything else under its key raises
+        :class:`~streamledger.errors.FormatError` and nothing of it is executed."""
         rest = []
         for key, value in changes:
             if key == _MODEL_KEY:
-                # The model state is the pipeline's own, written in its own transactions to a
-                # topic only it writes; see docs/fraud.md (limitations) on trusting it.
-                self._model = pickle.loads(base64.b64decode(value)) if value else None  # noqa: S301
+                self._model = load_hst(value) if value else None
             else:
                 rest.append((key, value))
         self.state.apply(rest)

@@ -222,3 +222,102 @@ def test_thresholds_override_and_typos(tmp_path):
     path.write_text("[nope]\n")
     with pytest.raises(ConfigError, match="unknown section"):
         load_thresholds(path)
+
+
+# -- the anomaly model's state: data only, exact round trip -------------------------------
+def _points(rng, n):
+    return [
+        {"z": rng.random(), "size": rng.random(), "price_dev": rng.random() ** 3,
+         "new_asset": float(rng.random() < 0.1), "withdrawal": float(rng.random() < 0.2)}
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("trained", [0, 7, 250, 1_234])
+def test_model_state_round_trip_scores_and_learns_exactly_like_the_original(trained):
+    import random
+
+    from river.anomaly import HalfSpaceTrees
+
+    from streamledger.fraud.model_state import dump_hst, load_hst
+
+    rng = random.Random(trained)
+    model = HalfSpaceTrees(n_trees=10, height=6, window_size=250, seed=42)
+    for x in _points(rng, trained):
+        model.learn_one(x)
+    data = dump_hst(model)
+    assert b"\x80" not in data and data.startswith(b'{"format":"streamledger.fraud.hst"')
+    copy = load_hst(data)
+    probe = _points(rng, 200)
+    assert [copy.score_one(x) for x in probe] == [model.score_one(x) for x in probe]
+    for x in _points(rng, 400):  # both go on learning (across a window pivot)
+        model.learn_one(x)
+        copy.learn_one(x)
+    assert [copy.score_one(x) for x in probe] == [model.score_one(x) for x in probe]
+    assert dump_hst(copy) == dump_hst(model)
+
+
+def test_detectors_state_restores_the_model_through_json():
+    a = Stream()
+    for i in range(300):
+        a(i * 0.1, f"c{i % 10}", "order", asset="XYZ", side="buy", quantity=10,
+          price_usd=100 + i % 3, amount_usd=1_000)  # fmt: skip
+    items = a.det.items()
+    model = dict(items)["__model__"]
+    assert model.startswith(b"{")  # JSON, not a pickle
+    b = Stream()
+    b.det.apply(items)
+    x = {"z": 0.9, "size": 0.8, "price_dev": 0.7, "new_asset": 1.0, "withdrawal": 0.0}
+    assert b.det._model.score_one(x) == a.det._model.score_one(x)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('pickle executed')",))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x80\x04K\x01.", "pickle"),
+        (__import__("base64").b64encode(__import__("pickle").dumps(_Boom())), "pickle"),
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"format": "other", "version": 1}', "format 'other'"),
+        (b'{"format": "streamledger.fraud.hst", "version": 9}', "version 9"),
+        (
+            b'{"format": "streamledger.fraud.hst", "version": 1, "params": {"n_trees": 1e9}}',
+            "n_trees",
+        ),
+        (
+            b'{"format":"streamledger.fraud.hst","version":1,"params":{"n_trees":1,"height":1,'
+            b'"window_size":4,"seed":1,"limits":{}},"counter":0,"first_window":false,'
+            b'"features":["a"],"trees":[[[0,0.5,0,0],[0,0]]]}',
+            "must list 3 nodes",
+        ),
+        (
+            b'{"format":"streamledger.fraud.hst","version":1,"params":{"n_trees":1,"height":1,'
+            b'"window_size":4,"seed":1,"limits":{}},"counter":0,"first_window":false,'
+            b'"features":["a"],"trees":[[[3,0.5,0,0],[0,0],[0,0]]]}',
+            "feature index 3",
+        ),
+        (
+            b'{"format":"streamledger.fraud.hst","version":1,"params":{"n_trees":1,"height":1,'
+            b'"window_size":4,"seed":1,"limits":{}},"counter":0,"first_window":false,'
+            b'"features":["a"],"trees":[[[0,NaN,0,0],[0,0],[0,0]]]}',
+            "not JSON",
+        ),
+        (
+            b'{"format":"streamledger.fraud.hst","version":1,"params":{"n_trees":1,"height":1,'
+            b'"window_size":4,"seed":1,"limits":{}},"counter":0,"first_window":false,'
+            b'"features":["a"],"trees":[[[0,0.5,-1,0],[0,0],[0,0]]]}',
+            "masses",
+        ),
+    ],
+)
+def test_malformed_or_foreign_model_state_is_refused(data, message):
+    from streamledger.errors import FormatError
+
+    s = Stream()
+    with pytest.raises(FormatError, match=message):
+        s.det.apply([("__model__", data)])
