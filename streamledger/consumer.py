@@ -377,15 +377,24 @@ class VerifiedConsumer:
         """The partitions assigned to this consumer now, sorted."""
         return sorted(self._parts)
 
-    def watermarks(self, partition: int) -> tuple[int, int]:
-        """``(low, high)`` offsets of a partition of the ledger topic, asked from the broker
-        now (``read_committed``: high is the last stable offset). ``high`` minus the offset
-        after the last entry delivered is at most the commit marker when caught up.
-        Raises ``BackendUnavailable`` if the broker does not answer within ``timeout``."""
+    def watermarks(self, partition: int, *, cached: bool = False) -> tuple[int, int]:
+        """``(low, high)`` offsets of a partition of the ledger topic (``read_committed``:
+        high is the last stable offset). ``high`` minus the offset after the last entry
+        delivered is at most the commit marker when caught up.
+
+        By default the broker is asked now (a round trip). With ``cached=True`` the values
+        come from the last fetch response of an assigned partition, at no cost; an offset
+        not known yet is negative. Raises ``BackendUnavailable`` if the broker does not
+        answer within ``timeout``."""
         try:
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.ledger, partition), timeout=self.timeout, cached=False
-            )
+            if cached:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.ledger, partition), cached=True
+                )
+            else:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.ledger, partition), timeout=self.timeout, cached=False
+                )
         except KafkaException as exc:
             raise BackendUnavailable(
                 f"reading the offsets of {self.ledger}[{partition}] failed: {exc}"

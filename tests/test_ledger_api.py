@@ -272,3 +272,23 @@ def test_verify_memory_does_not_grow_with_the_log() -> None:
     assert report.entries_checked == n and report.checkpoints_verified == 1
     assert peak < 20 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
     assert peak < 2 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB: something is kept per entry"
+
+
+def test_append_atomically_on_one_ledger_is_append_many_and_refuses_what_it_cannot_do():
+    from streamledger.ledger import append_atomically
+
+    backend = MemoryBackend()
+    a = Ledger.create(backend, "atom-a", partitions=2)
+    b = Ledger.create(backend, "atom-b")
+    (receipts,) = append_atomically([(a, [AppendItem(b"x", b"k1"), b"y"])])
+    assert [r.seq for r in receipts] in ([0, 0], [0, 1])
+    assert sum(a.size(p) for p in range(2)) == 2
+    assert append_atomically([]) == []
+    # several ledgers in one transaction need a backend that can (Kafka)
+    with pytest.raises(ConfigError, match="several ledgers"):
+        append_atomically([(a, [b"1"]), (b, [b"2"])])
+    with pytest.raises(ConfigError, match="only once"):
+        append_atomically([(a, [b"1"]), (a, [b"2"])])
+    with pytest.raises(ConfigError, match="same backend"):
+        append_atomically([(a, [b"1"]), (Ledger.create(MemoryBackend(), "atom-c"), [b"2"])])
+    assert b.size(0) == 0

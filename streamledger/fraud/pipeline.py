@@ -528,6 +528,7 @@ class KafkaRunner:
         self._restore()
         self._findings: list[Any] = []
         self._stop = False
+        self._asked: dict[int, float] = {}
         self.consumer: Any = None
 
     def _ensure_topics(self) -> None:
@@ -658,7 +659,14 @@ class KafkaRunner:
 
     def _caught_up(self, partition: int, next_offset: int | None) -> bool:
         try:
-            low, high = self.consumer.watermarks(partition)
+            # From the last fetch response: no broker round trip per partition and batch.
+            low, high = self.consumer.watermarks(partition, cached=True)
+            if low < 0 or high < 0:  # not fetched yet: ask the broker, once a second at most
+                now = time.monotonic()
+                if now < self._asked.get(partition, 0.0) + 1.0:
+                    return False
+                self._asked[partition] = now
+                low, high = self.consumer.watermarks(partition)
         except BackendUnavailable:
             return False
         if next_offset is None:

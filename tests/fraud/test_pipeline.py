@@ -192,3 +192,24 @@ def test_a_simulated_stream_through_the_pipeline_is_detected(tmp_path):
         assert score.recall >= 0.7, (pattern, score.to_json())
         assert score.precision >= 0.7, (pattern, score.to_json())
     assert report.repeated_ids == 0
+
+
+def test_realtime_load_paces_events_and_stamps_them_with_the_wall_clock():
+    import time
+
+    from streamledger.backends.memory import MemoryBackend
+    from streamledger.fraud.events import parse_event
+    from streamledger.fraud.realtime import load
+
+    ledger = Ledger.create(MemoryBackend(), "rt-input", partitions=3)
+    before = time.time_ns() // 1_000_000
+    stats = load(ledger, 400, 2.0, customers=100, sim_hours=3)
+    after = time.time_ns() // 1_000_000
+    assert 0 < stats.produced <= 800 and stats.batches > 1
+    events = [parse_event(e.payload) for p in range(3) for e in ledger.read(p)]
+    assert len(events) == stats.produced
+    assert all(before <= e.ts_ms <= after for e in events)
+    assert len({e.event_id for e in events}) == len(events)
+    for label in stats.labels:  # incidents produced completely, in this run's time
+        assert before <= label.start_ts_ms <= label.end_ts_ms <= after
+    assert stats.to_json()["produced"] == stats.produced

@@ -127,3 +127,40 @@ def test_kill_9_mid_stream_then_restart_loses_and_duplicates_no_alert(kafka_boot
             reader.close()
     finally:
         backend.close()
+
+
+def test_fraud_bench_measures_alert_latency_and_lag_of_one_run(kafka_bootstrap, tmp_path):
+    """A brief, slow run of the latency benchmark: structure, alerts from this run, their
+    latencies, lag samples. No timing assertions (the machine may be busy)."""
+    from streamledger.fraud.latency import measure_latency, render
+
+    result = measure_latency(
+        kafka_bootstrap,
+        300,
+        8,
+        partitions=2,
+        customers=200,
+        batch_size=500,
+        workdir=tmp_path / "bench",
+        say=lambda _text: None,
+    )
+    for key in ("rate", "seconds", "load", "alerts", "latency_ms", "lag", "drain_s", "keeps_up"):
+        assert key in result, key
+    assert result["load"]["produced"] > 0
+    assert result["alerts"] > 0, result["pipeline"]
+    lat = result["latency_ms"]
+    assert lat["alerts"] > 0 and lat["p50"] is not None and lat["p99"] >= lat["p50"]
+    # event time was set to the wall clock of this run: latencies are seconds, not the
+    # months since a simulated 2024 start
+    assert lat["p50"] >= 0 and lat["max"] < 600_000
+    assert result["lag"]["samples"] > 0 and result["lag"]["max"] >= 0
+    assert "latency p99" in render(result)
+    # the ledgers are this run's own
+    backend = KafkaBackend(kafka_bootstrap, state_dir=tmp_path / "cache")
+    try:
+        alerts = _payloads(backend, result["ledgers"]["alerts"])
+        assert len(alerts) == result["alerts"]
+        started = result["load"]["started"]
+        assert all(a["last_ts"] >= started for a in alerts if a["pattern"] != "integrity")
+    finally:
+        backend.close()

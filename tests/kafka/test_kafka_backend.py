@@ -277,3 +277,65 @@ def test_offsets_are_read_back_when_other_records_interleave(kafka_bootstrap, tm
     stored = {r.offset: r.value for r in backend.scan(name, 0)}
     assert [stored[r.offset] for r in receipts + more] == records
     backend.close()
+
+
+def test_append_atomically_writes_several_ledgers_in_one_transaction(kafka_bootstrap, tmp_path):
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import NewTopic
+
+    from streamledger.ledger import append_atomically
+
+    backend = _backend(kafka_bootstrap, tmp_path / "state")
+    main_name, other_name, extra = _name("atom-main"), _name("atom-other"), _name("atom-extra")
+    try:
+        main = Ledger.create(backend, main_name)
+        other = Ledger.create(backend, other_name, partitions=2)
+        AdminClient({"bootstrap.servers": kafka_bootstrap}).create_topics([NewTopic(extra, 1, 1)])[
+            extra
+        ].result(15)
+        # the fence starts the first ledger's transactional writer before any head is read
+        assert backend.fence(main_name) == f"streamledger-{main_name}"
+        for round_ in range(3):
+            receipts = append_atomically(
+                [
+                    (main, [AppendItem(f"m{round_}".encode(), b"k")]),
+                    (other, [AppendItem(f"o{round_}-{i}".encode(), b"k%d" % i) for i in range(4)]),
+                ],
+                transaction={"extra_records": [(extra, 0, b"x", f"e{round_}".encode(), None)]},
+            )
+            assert [len(r) for r in receipts] == [1, 4]
+            assert receipts[0][0].seq == round_
+        # a second, independent Ledger on another backend moved the other ledger's head:
+        # the next atomic append is rebuilt on the new head (WriteConflict, retried)
+        side = _backend(kafka_bootstrap, tmp_path / "side")
+        try:
+            Ledger(side, other_name).append(b"from-elsewhere", partition=0)
+        finally:
+            side.close()
+        backend.forget_heads(other_name)
+        append_atomically([(main, [b"m-last"]), (other, [b"o-last"])])
+        assert main.size(0) == 4
+        assert other.size(0) + other.size(1) == 3 * 4 + 2
+        for ledger in (main, other):
+            report = Ledger(backend, ledger.name).verify()
+            assert report.ok, report.findings
+        c = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": _name("g"),
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            c.assign([TopicPartition(extra, 0, 0)])
+            got: list[bytes] = []
+            deadline = time.monotonic() + 15
+            while len(got) < 3 and time.monotonic() < deadline:
+                got += [m.value() for m in c.consume(10, 0.5) if m.error() is None]
+            assert got == [b"e0", b"e1", b"e2"]
+        finally:
+            c.close()
+        with pytest.raises(ConfigError):
+            append_atomically([(main, [b"a"]), (main, [b"b"])])
+    finally:
+        backend.close()

@@ -314,3 +314,20 @@ def test_at_least_once_and_lost_state(kafka_bootstrap, tmp_path, key, trust):
     with _consumer(kafka_bootstrap, ledger, trust, tmp_path / "new", group_id=group) as c:
         assert [e.seq for e in c.entries(timeout=15, max_entries=10)] == list(range(10, 20))
         assert c.records_seen == 20
+
+
+def test_watermarks_and_group_metadata_for_a_transactional_pipeline(
+    kafka_bootstrap, tmp_path, key, trust
+):
+    ledger = _ledger(kafka_bootstrap, tmp_path, key)
+    ledger.append_many([AppendItem(f"w-{i}".encode(), key=f"k{i}".encode()) for i in range(20)])
+    with _consumer(kafka_bootstrap, ledger, trust, tmp_path / "c") as c:
+        got = list(c.entries(timeout=15, max_entries=20))
+        assert len(got) == 20
+        for p in c.assignment():
+            last = max(e.offset for e in got if e.partition == p)
+            low, high = c.watermarks(p)
+            assert low == 0 and high - (last + 1) <= 1  # at most the commit marker
+            cached_low, cached_high = c.watermarks(p, cached=True)
+            assert cached_high in (-1001, high)  # -1001: not known from a fetch response
+        assert c.group_metadata() is not None
