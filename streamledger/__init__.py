@@ -43,7 +43,7 @@ from streamledger.errors import (
     WriteConflict,
 )
 from streamledger.keys import KeyStore
-from streamledger.ledger import AppendItem, Ledger, LedgerReport, Receipt
+from streamledger.ledger import AppendItem, Ledger, LedgerReport, Receipt, append_atomically
 
 if TYPE_CHECKING:
     from streamledger.backends.kafka import KafkaBackend
@@ -99,6 +99,7 @@ __all__ = [
     "WitnessAlert",
     "WitnessShortfall",
     "WriteConflict",
+    "append_atomically",
     "append_signed",
     "decode_record",
     "load_proof",
