@@ -578,7 +578,13 @@ class VerifiedConsumer:
         if time.monotonic() >= self._next_refresh:
             self._refresh_checkpoints(list(self._parts))
         try:
-            msgs = self._consumer.consume(self.batch_size, timeout)
+            # What is fetched already, at once; else wait for the first record only (consume
+            # with a timeout would wait for a whole batch_size or the full timeout).
+            msgs = self._consumer.consume(self.batch_size, 0)
+            if not msgs:
+                first = self._consumer.poll(timeout)
+                if first is not None:
+                    msgs = [first, *self._consumer.consume(self.batch_size - 1, 0)]
         except KafkaException as exc:
             raise BackendUnavailable(f"consuming {self.ledger} failed: {exc}") from None
         self._raise_deferred()
