@@ -46,6 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,7 +68,7 @@ from streamledger.consortium.submission import SubmissionGate
 from streamledger.core.entry import MAX_CONTENT_TYPE, MAX_KEY
 from streamledger.core.note import SigningKey
 from streamledger.errors import BackendUnavailable, ConfigError, StreamledgerError
-from streamledger.ledger import DEFAULT_CONTENT_TYPE, AppendItem, Ledger
+from streamledger.ledger import DEFAULT_CONTENT_TYPE, AppendItem, Ledger, Receipt
 
 REJECTS_SUFFIX = ".rejects"
 #: Reject metadata headers added to the submission's own headers.
@@ -81,6 +82,9 @@ _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*")
 _MAX_FAILURES = 10
 _REJECT_BUDGET = 1_000_000
+#: How long consume() waits for a full batch while a transaction is committing: briefly, so
+#: the next batch is ready when the commit returns (a partial one if the intake is slow).
+_PIPELINE_WAIT = 0.01
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,18 @@ class SequencerStats:
             f"transactions ({self.aborted} aborted and retried), {self.checkpoints} checkpoint "
             f"round(s) in {self.elapsed:.1f}s ({rate:.0f} entries/s)"
         )
+
+
+@dataclass
+class _Batch:
+    """A consumed batch, validated and built (``Ledger._stage``), not yet written."""
+
+    staged: Any  # streamledger.ledger._Staged
+    items: list[AppendItem]
+    targets: set[int]  # ledger partitions that get entries
+    rejects: int
+    partitions: list[int]  # intake partitions consumed
+    transaction: dict[str, Any]  # consumer offsets, group metadata, rejects
 
 
 def _sanitize(text: str) -> str:
@@ -255,6 +271,11 @@ class Sequencer:
         self.membership_refresh = membership_refresh
         self._gate: SubmissionGate | None = None
         self._batch_ms: int | None = None
+        # the pipeline: the transaction being committed in the pool thread, and the heads
+        # the next batch is built on (the in-flight batch's new heads)
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: tuple[Future[list[Receipt]], _Batch] | None = None
+        self._heads: dict[int, Any] = {}
 
     # -- public ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -274,6 +295,8 @@ class Sequencer:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda *_: self.stop())
+        pool = ThreadPoolExecutor(1, thread_name_prefix="streamledger-sequencer")
+        self._pool = pool
         try:
             self._open()
             self._say(
@@ -283,10 +306,15 @@ class Sequencer:
             last_report = time.monotonic()
             while not self._stop.is_set():
                 assert self._consumer is not None
-                msgs = self._consumer.consume(self.batch_size, 0.2)
-                if msgs:
-                    self._process(msgs)
-                self._maybe_checkpoint()
+                # While batch N commits (in the pool thread), batch N+1 is consumed,
+                # validated and built here on N's heads (as Ledger.append_stream does).
+                wait = 0.2 if self._in_flight is None else _PIPELINE_WAIT
+                msgs = self._consumer.consume(self.batch_size, wait)
+                batch = self._prepare(msgs) if msgs else None
+                written = self._finish(discard=batch)
+                self._maybe_checkpoint()  # here nothing is in flight
+                if written and batch is not None:
+                    self._submit(batch)
                 now = time.monotonic()
                 if self.stats_interval and now - last_report >= self.stats_interval:
                     self._report(now - last_report)
@@ -294,9 +322,15 @@ class Sequencer:
                 if until is not None and until(self.stats):
                     break
         finally:
-            self._close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            try:
+                with contextlib.suppress(StreamledgerError):
+                    self._finish()  # the last transaction: it commits before we leave
+            finally:
+                pool.shutdown(wait=True)
+                self._pool = None
+                self._close()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         self._say(f"sequencer {self.instance_id} stopped: {self.stats.summary()}")
         return self.stats
 
@@ -415,6 +449,7 @@ class Sequencer:
         """Take over partitions: wait for the previous owner's last transaction to resolve,
         then re-read the ledger heads."""
         assert self.ledger is not None
+        self._finish()
         parts = [tp.partition for tp in partitions]
         if not parts:
             return
@@ -430,8 +465,10 @@ class Sequencer:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = {tp.partition for tp in partitions}
-        # between transactions (callbacks run inside consume): nothing is open; sign a
-        # checkpoint of what we wrote before handing the partitions over
+        # callbacks run inside consume: let the transaction in flight (with offsets of this
+        # generation) commit first; then nothing is open; sign a checkpoint of what we wrote
+        # before handing the partitions over
+        self._finish()
         with contextlib.suppress(StreamledgerError):
             self._checkpoint(self._dirty & parts)
         self._release(parts)
@@ -439,6 +476,8 @@ class Sequencer:
             self._say(f"sequencer {self.instance_id}: revoked intake partitions {sorted(parts)}")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with contextlib.suppress(StreamledgerError):
+            self._finish()  # most likely fenced: then it is aborted and rewound
         parts = {tp.partition for tp in partitions}
         self._release(parts)
         self._say(f"sequencer {self.instance_id}: lost intake partitions {sorted(parts)}")
@@ -495,7 +534,9 @@ class Sequencer:
     def _entry_clock(self) -> int:
         return self._batch_ms if self._batch_ms is not None else time.time_ns() // 1_000_000
 
-    def _process(self, msgs: list[Message]) -> None:
+    def _prepare(self, msgs: list[Message]) -> _Batch | None:
+        """Validate a consumed batch and build its entries (not written yet): on the heads of
+        the transaction in flight if there is one, else on the ledger's committed heads."""
         assert self.ledger is not None and self._consumer is not None
         gate = self._gate
         if gate is not None:
@@ -504,8 +545,8 @@ class Sequencer:
         items: list[AppendItem] = []
         targets: list[int] = []
         rejects: list[tuple[str, int | None, bytes | None, bytes | None, list]] = []
-        first: dict[int, int] = {}
         offsets: dict[int, int] = {}
+        assigned, expected_of, limits = self._assigned, self._expected, self.limits
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -514,15 +555,13 @@ class Sequencer:
                 self._say(f"sequencer {self.instance_id}: consumer: {err.str()}")
                 continue
             p, offset = m.partition(), m.offset()
-            if p not in self._assigned:
+            if p not in assigned:
                 continue  # fetched before a revoke
-            expected = self._expected.get(p)
+            expected = expected_of.get(p)
             if expected is not None and offset < expected:
                 continue  # fetched twice around a rebalance
-            self._expected[p] = offset + 1
-            first.setdefault(p, offset)
-            offsets[p] = offset + 1
-            verdict = validate_submission(m.value(), m.key(), m.headers(), self.limits)
+            expected_of[p] = offsets[p] = offset + 1
+            verdict = validate_submission(m.value(), m.key(), m.headers(), limits)
             if isinstance(verdict, AppendItem) and gate is not None:
                 refused = gate.check(verdict, self._entry_clock())
                 if refused is not None:
@@ -533,26 +572,49 @@ class Sequencer:
             else:
                 rejects.append(self._reject_record(m, *verdict))
         if not offsets:
-            return
+            return None
+        if self._in_flight is None:
+            self._heads = self.ledger._writers_view()
+        staged = self.ledger._stage(items, targets, self._heads)  # moves self._heads on
         transaction = {
             "consumer_offsets": [TopicPartition(self.intake, p, o) for p, o in offsets.items()],
             "group_metadata": self._consumer.consumer_group_metadata(),
             "extra_records": rejects,
         }
+        return _Batch(staged, items, set(targets), len(rejects), sorted(offsets), transaction)
+
+    def _submit(self, batch: _Batch) -> None:
+        """Start committing a prepared batch in the pool thread: its entries, rejects and
+        intake offsets in one transaction."""
+        assert self.ledger is not None and self._pool is not None and self._in_flight is None
+        future = self._pool.submit(self.ledger._commit, batch.staged, batch.transaction)
+        self._in_flight = (future, batch)
+
+    def _finish(self, discard: _Batch | None = None) -> bool:
+        """Wait for the transaction in flight (if any) and count it. If it failed, ``discard``
+        (built on its heads, not submitted) is dropped too, the partitions of both are rewound
+        to the group's committed offsets, and the result is False."""
+        if self._in_flight is None:
+            return True
+        future, batch = self._in_flight
+        self._in_flight = None
         try:
-            self.ledger.append_many(items, partitions=targets, transaction=transaction)
+            future.result()
         except StreamledgerError as exc:
-            if gate is not None:
-                for item in items:  # not sequenced: their ids are not used up
-                    gate.forget(item)
-            self._failed(exc, sorted(first))
-            return
+            dropped = [batch] if discard is None else [batch, discard]
+            if self._gate is not None:
+                for b in dropped:
+                    for item in b.items:  # not sequenced: their ids are not used up
+                        self._gate.forget(item)
+            self._failed(exc, sorted({p for b in dropped for p in b.partitions}))
+            return False
         self._failures = 0
         self.stats.transactions += 1
-        self.stats.entries += len(items)
-        self.stats.rejects += len(rejects)
-        self._since_checkpoint += len(items)
-        self._dirty.update(targets)
+        self.stats.entries += len(batch.items)
+        self.stats.rejects += batch.rejects
+        self._since_checkpoint += len(batch.items)
+        self._dirty.update(batch.targets)
+        return True
 
     def _reject_record(
         self, m: Message, code: str, reason: str
@@ -608,6 +670,7 @@ class Sequencer:
             and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
         )
         if due_count or due_time:
+            self._finish()  # checkpoints cover committed entries only
             self._checkpoint(set(self._dirty))
 
     def _checkpoint(self, parts: set[int]) -> None:
