@@ -346,19 +346,30 @@ class Ledger:
             heads[part] = (first + len(records), leaves[-1], tree)
         return _Staged(batches, placed, {p: heads[p] for p in batches})
 
-    def _commit(self, staged: _Staged, transaction: dict[str, Any] | None = None) -> list[Receipt]:
-        """Hand a staged batch to the backend; on success, move the writers' heads."""
+    def _commit(
+        self,
+        staged: _Staged,
+        transaction: dict[str, Any] | None = None,
+        *,
+        receipts: bool = True,
+    ) -> list[Receipt]:
+        """Hand a staged batch to the backend; on success, move the writers' heads.
+        ``receipts=False``: return none (a caller that does not use them, the sequencer)."""
         if transaction:
             offsets = self.backend.append(self.name, staged.batches, **transaction)
         else:
             offsets = self.backend.append(self.name, staged.batches)
-        return self._advance(staged, offsets)
+        return self._advance(staged, offsets, receipts=receipts)
 
-    def _advance(self, staged: _Staged, offsets: Mapping[int, list[int]]) -> list[Receipt]:
+    def _advance(
+        self, staged: _Staged, offsets: Mapping[int, list[int]], *, receipts: bool = True
+    ) -> list[Receipt]:
         """A staged batch was stored at ``offsets``: move the writers' heads, give receipts."""
         for part, (size, prev, tree) in staged.heads.items():
             writer = self._writer(part)
             writer.size, writer.prev_leaf, writer.tree = size, prev, tree
+        if not receipts:
+            return []
         return [
             Receipt(self.name, part, seq, leaf, offsets[part][seq - staged.batches[part].first_seq])
             for part, seq, leaf in staged.placed

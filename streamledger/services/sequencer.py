@@ -587,7 +587,9 @@ class Sequencer:
         """Start committing a prepared batch in the pool thread: its entries, rejects and
         intake offsets in one transaction."""
         assert self.ledger is not None and self._pool is not None and self._in_flight is None
-        future = self._pool.submit(self.ledger._commit, batch.staged, batch.transaction)
+        future = self._pool.submit(
+            self.ledger._commit, batch.staged, batch.transaction, receipts=False
+        )
         self._in_flight = (future, batch)
 
     def _finish(self, discard: _Batch | None = None) -> bool:
