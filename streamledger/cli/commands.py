@@ -794,6 +794,8 @@ def run(args: argparse.Namespace) -> int:
             dict(args.kafka_config),
             args.output,
             anchor=args.anchor_entries,
+            repeat=args.repeat,
+            cache_dir=args.cache_dir,
         )
         print(format_table(results))
         print(f"results written to {args.output}", file=sys.stderr)

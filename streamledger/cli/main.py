@@ -243,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--output", "-o", type=Path, default=Path("bench-results.json"), help="JSON results file"
     )
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="interleaved rounds per throughput comparison, best of them reported "
+        "(default 3 in full mode, 1 with --quick)",
+    )
+    bench.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="keep the proof-latency logs (1M/10M entries, SQLite) here and reuse them once "
+        "checked complete",
+    )
 
     seq = sub.add_parser("sequencer", help="Kafka: the sequencer service (intake topic -> ledger)")
     seq_sub = seq.add_subparsers(dest="sequencer_command", metavar="ACTION")
