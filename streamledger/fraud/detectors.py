@@ -487,11 +487,18 @@ class Detectors:
 
     # -- money movements ----------------------------------------------------------------
     def _withdrawal_velocity(self, event: Event, item: dict[str, Any]) -> list[Detection]:
+        """Many withdrawals within one session (since the customer's latest login, or within
+        the window when there was no login in it: an API session). Honest, very active
+        customers also make many withdrawals in a quarter of an hour, but spread over
+        several sessions of a few each; a burst in one session is scripted draining."""
         t = self.t[WITHDRAWAL_VELOCITY]
         rows = self.state["cust"].items(
             event.customer_id, event.ts_ms - t["window_ms"], event.ts_ms
         )
-        wds = [it for _, it in rows if it["t"] == WITHDRAWAL]
+        session_start = max(
+            (it["ts"] for _, it in rows if it["t"] == LOGIN), default=event.ts_ms - t["window_ms"]
+        )
+        wds = [it for _, it in rows if it["t"] == WITHDRAWAL and it["ts"] >= session_start]
         total = sum(it.get("amt") or 0 for it in wds)
         if len(wds) < t["min_count"] or total < t["min_total_usd"]:
             return []
@@ -503,12 +510,15 @@ class Detectors:
                 [event.customer_id],
                 wds,
                 f"customer {event.customer_id} made {len(wds)} withdrawals totalling "
-                f"{_usd(total)} within {_ago(wds[-1]['ts'] - wds[0]['ts'])}",
+                f"{_usd(total)} within {_ago(wds[-1]['ts'] - wds[0]['ts'])} in one session",
                 anchor=wds[0]["id"],
             )
         ]
 
     def _structuring(self, event: Event, item: dict[str, Any]) -> list[Detection]:
+        """Repeated deposits (or withdrawals) just below the reporting threshold, and mostly
+        nothing at or above it: an honest customer whose amounts are often near the
+        threshold also goes over it, a structurer stays under."""
         t = self.t[STRUCTURING]
         limit = t["report_threshold_usd"]
         low = limit * (1 - t["band"])
@@ -516,10 +526,10 @@ class Detectors:
         if not low <= amount < limit:
             return []
         rows = self.state["cust"].items(event.customer_id, event.ts_ms - t["window_ms"])
-        hits = [
-            it for _, it in rows if it["t"] == event.type and low <= (it.get("amt") or 0) < limit
-        ]
-        if len(hits) < t["min_count"]:
+        same = [it for _, it in rows if it["t"] == event.type and it["ts"] <= event.ts_ms]
+        hits = [it for it in same if low <= (it.get("amt") or 0) < limit]
+        over = [it for it in same if (it.get("amt") or 0) >= limit]
+        if len(hits) < t["min_count"] or len(hits) < t["min_share"] * (len(hits) + len(over)):
             return []
         total = sum(it["amt"] for it in hits)
         return [
@@ -680,8 +690,9 @@ class Detectors:
             )
         ]
 
-    def _price_range(self, asset: str, ts: int, price: float | None) -> tuple[float, float]:
-        """Per asset, min and max trade price per minute over the pump window."""
+    def _price_minutes(self, asset: str, ts: int, price: float | None) -> dict[str, list[float]]:
+        """Per asset, min and max trade price per minute over the pump window (this trade's
+        price included)."""
         t = self.t[PUMP_AND_DUMP]
         table = self.state["prices"]
         minutes = table.get(asset)
@@ -698,24 +709,28 @@ class Detectors:
             for k in [k for k in minutes if int(k) < oldest]:
                 del minutes[k]
             table.touch(asset)
-        if not minutes:
-            return (0.0, 0.0)
-        return (min(v[0] for v in minutes.values()), max(v[1] for v in minutes.values()))
+        return minutes
 
     def _pump(self, event: Event, item: dict[str, Any]) -> list[Detection]:
+        """A price run-up then a dump, with several customers who bought into the rise and
+        sold after the top. Participants: customers (not market makers) with a buy of the
+        asset at or before the minute of the window's highest price and a sell after it."""
         t = self.t[PUMP_AND_DUMP]
         key = f"{event.asset}|{event.customer_id}"
         held = self.state["held"]
         held.add(key, event.ts_ms, item)
-        lo, hi = self._price_range(event.asset or "", event.ts_ms, event.price_usd)
-        if event.side != SELL or lo <= 0 or hi / lo - 1 < t["min_rise"]:
+        minutes = self._price_minutes(event.asset or "", event.ts_ms, event.price_usd)
+        if event.side != SELL or not minutes or self._market_maker(event.customer_id):
             return []
-        if self._market_maker(event.customer_id):
+        peak_min, (_, hi) = max(minutes.items(), key=lambda kv: (kv[1][1], -int(kv[0])))
+        peak = int(peak_min) * 60_000
+        lo = min(v[0] for k, v in minutes.items() if int(k) <= int(peak_min))
+        if lo <= 0 or hi / lo - 1 < t["min_rise"] or event.ts_ms < peak:
             return []
         rows = [it for _, it in held.items(key, event.ts_ms - t["window_ms"], event.ts_ms)]
-        buys = [it for it in rows if it.get("side") == BUY]
-        if not buys or rows[0].get("side") != BUY:
-            return []  # bought first, then sold
+        buys = [it for it in rows if it.get("side") == BUY and it["ts"] < peak + 60_000]
+        if not buys:
+            return []  # bought into the rise, sold after the top
         pump = self.state["pump"]
         akey = event.asset or ""
         known = any(
@@ -727,7 +742,9 @@ class Detectors:
             event.ts_ms,
             {"c": event.customer_id, "ts": event.ts_ms, "ev": [item] if known else [*buys, item]},
         )
-        parts = [it for _, it in pump.items(akey, event.ts_ms - t["window_ms"], event.ts_ms)]
+        parts = [
+            it for _, it in pump.items(akey, max(peak, event.ts_ms - t["window_ms"]), event.ts_ms)
+        ]
         customers = sorted({it["c"] for it in parts})
         if len(customers) < t["min_participants"]:
             return []
@@ -739,13 +756,32 @@ class Detectors:
                 0.7 + 0.05 * (len(customers) - t["min_participants"]) + 0.2 * min(rise, 1),
                 customers,
                 evidence,
-                f"{len(customers)} customers bought {event.asset} and sold it again within "
-                f"{_ago(event.ts_ms - min(e['ts'] for e in evidence))} while its price swung "
-                f"{rise:.0%} (from {lo:.6g} to {hi:.6g} USD)",
+                f"{len(customers)} customers bought {event.asset} while its price rose "
+                f"{rise:.0%} (from {lo:.6g} to {hi:.6g} USD) and sold after the top, within "
+                f"{_ago(event.ts_ms - min(e['ts'] for e in evidence))}",
                 anchor=min(evidence, key=lambda e: (e["ts"], e["id"]))["id"],
                 incident_key=f"asset:{event.asset}",
             )
         ]
+
+    def _market_price_dev(self, event: Event) -> float | None:
+        """How far an order's price is from the asset's recent trade prices (the range of the
+        last few minutes; 0 inside it); None when the asset had no recent trade."""
+        minutes = self.state["prices"].get(event.asset or "")
+        if not minutes or not event.price_usd:
+            return None
+        recent = event.ts_ms // 60_000 - self.t[ANOMALY]["market_minutes"]
+        ranges = [v for k, v in minutes.items() if int(k) >= recent]
+        if not ranges:
+            return None
+        lo = min(v[0] for v in ranges)
+        hi = max(v[1] for v in ranges)
+        p = event.price_usd
+        if p > hi:
+            return p / hi - 1
+        if p < lo:
+            return 1 - p / lo
+        return 0.0
 
     # -- the anomaly model -----------------------------------------------------------------
     def _anomaly(
@@ -758,16 +794,20 @@ class Detectors:
         if amount is None or amount <= 0:
             return []
         prof = self._profile(event.customer_id)
-        stats = prof.setdefault("amt", [0, 0.0, 0.0])  # count, mean log, M2 (Welford)
-        n, mean, m2 = stats
+        n, mean, m2 = prof.setdefault("amt", [0, 0.0, 0.0])  # count, mean log, M2 (Welford)
         x = math.log1p(amount)
         std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
         z = (x - mean) / max(std, 0.25) if n > 1 else 0.0
         dev = 0.0
         if event.type in (ORDER, TRADE) and event.price_usd and event.asset:
+            # against the asset's recent trades (a pump moves them, so its trades are not
+            # off the market); without recent trades, against a moving reference price
             refs = self.state["ref"]
             ref = refs.get(event.asset)
-            if ref:
+            market = self._market_price_dev(event) if event.type == ORDER else 0.0
+            if market is not None:
+                dev = market
+            elif ref:
                 dev = abs(event.price_usd / ref - 1)
             if not ref or dev < 0.1 or event.type == TRADE:  # off-market orders do not move it
                 refs.set(
@@ -785,8 +825,20 @@ class Detectors:
             "new_asset": 1.0 if new_asset else 0.0,
             "withdrawal": 1.0 if event.type == WITHDRAWAL else 0.0,
         }
+        habit = (
+            event.type == ORDER and n >= t["min_history"] and z >= t["min_amount_z"] and new_asset
+        )
+        candidate = (
+            event.type in (ORDER, TRADE)
+            and amount >= t["min_amount_usd"]
+            and (dev >= t["min_price_dev"] or habit)
+            and not found  # a rule explains it already
+            and not self._market_maker(event.customer_id)
+        )
         model = self._ensure_model()
-        score = float(model.score_one(features))
+        # scoring is pure: only the events the cheap gates let through are scored (the model
+        # learns from every one); the score is the one it had before learning this event
+        score = float(model.score_one(features)) if candidate else 0.0
         model.learn_one(features)
         self._model_dirty = True
         n += 1
@@ -795,20 +847,7 @@ class Detectors:
         m2 += delta * (x - mean)
         prof["amt"] = [n, mean, m2]
         self.state["profile"].touch(event.customer_id)
-        habit = (
-            event.type == ORDER
-            and stats[0] >= t["min_history"]
-            and z >= t["min_amount_z"]
-            and new_asset
-        )
-        if (
-            score < t["threshold"]
-            or self._market_maker(event.customer_id)
-            or amount < t["min_amount_usd"]
-            or event.type not in (ORDER, TRADE)
-            or not (dev >= t["min_price_dev"] or habit)
-            or found  # a rule explains it already
-        ):
+        if not candidate or score < t["threshold"]:
             return []
         return [
             self._detection(

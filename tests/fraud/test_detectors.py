@@ -102,10 +102,19 @@ def test_out_of_order_login_within_grace_is_compared_with_its_neighbours():
 
 def test_withdrawal_velocity_and_one_large_honest_withdrawal():
     s = Stream()
+    s.login(-1, "c1")
     for i in range(8):
         s(i * 1.5, "c1", "withdrawal", asset="USDT", amount_usd=900, address=f"a{i}")
     assert s.patterns() == ["withdrawal_velocity"]  # one incident, one detection
     assert len(s.found[0].evidence) == 6
+
+    # a very active honest customer: many short sessions of one or two withdrawals each
+    busy = Stream()
+    for i in range(6):
+        busy.login(i * 2.5, "b1")
+        busy(i * 2.5 + 0.5, "b1", "withdrawal", asset="USDT", amount_usd=900, address="own")
+        busy(i * 2.5 + 1, "b1", "withdrawal", asset="BTC", amount_usd=700, address="own")
+    assert busy.found == []
 
     honest = Stream()
     for i in range(10):
@@ -133,29 +142,48 @@ def test_wash_trading_and_a_market_makers_volume():
 
 def test_pump_and_dump():
     s = Stream()
-    for i, c in enumerate(("p1", "p2", "p3", "p4")):
-        s(i, c, "trade", asset="XYZ", side="buy", quantity=1000, price_usd=1.0)
-    for i, c in enumerate(("p1", "p2", "p3", "p4")):
-        s(60 + i, c, "trade", asset="XYZ", side="sell", quantity=1000, price_usd=1.6)
-    assert s.patterns() == ["pump_and_dump"]
+    ring = ("p1", "p2", "p3", "p4")
+    for i, c in enumerate(ring):  # they buy into the rise ...
+        s(i * 2, c, "trade", asset="XYZ", side="buy", quantity=1000, price_usd=1.0 + 0.2 * i,
+          counterparty_id="mm")  # fmt: skip
+    s(9, "x", "trade", asset="XYZ", side="buy", quantity=10, price_usd=1.9)  # the top
+    for i, c in enumerate(ring):  # ... and sell after the top
+        s(15 + i * 2, c, "trade", asset="XYZ", side="sell", quantity=1000,
+          price_usd=1.6 - 0.1 * i)  # fmt: skip
+    assert s.patterns() == ["pump_and_dump"]  # one incident, one detection
     assert s.found[0].customer_ids == ["p1", "p2", "p3"]
 
     honest = Stream()  # one lucky trader is not a pump
     honest(0, "h", "trade", asset="XYZ", side="buy", quantity=10, price_usd=1.0)
-    honest(60, "h", "trade", asset="XYZ", side="sell", quantity=10, price_usd=1.5)
+    honest(30, "h", "trade", asset="XYZ", side="sell", quantity=10, price_usd=1.5)
     assert honest.found == []
+
+    late = Stream()  # buying after the top and selling lower is not taking part in a pump
+    late(0, "x", "trade", asset="XYZ", side="buy", quantity=10, price_usd=1.0)
+    late(5, "x", "trade", asset="XYZ", side="buy", quantity=10, price_usd=2.0)
+    for i, c in enumerate(("a", "b", "c")):
+        late(10 + i, c, "trade", asset="XYZ", side="buy", quantity=10, price_usd=1.5)
+        late(20 + i, c, "trade", asset="XYZ", side="sell", quantity=10, price_usd=1.2)
+    assert late.found == []
 
 
 def test_structuring():
     s = Stream()
-    for i, amount in enumerate((9_500, 9_800, 9_200, 9_900)):
+    for i, amount in enumerate((9_500, 9_800, 9_200, 9_900, 9_400, 9_700)):
         s(i * 5, "s1", "deposit", asset="USDT", amount_usd=amount, address="src")
-    assert s.patterns() == ["structuring"]
+    assert s.patterns() == ["structuring"]  # one incident, one detection
+    assert len(s.found[0].evidence) == 5
 
     honest = Stream()
     for i, amount in enumerate((9_500, 15_000, 3_000)):
         honest(i * 120, "h", "deposit", asset="USDT", amount_usd=amount, address="src")
     assert honest.found == []
+
+    # an honest customer whose deposits are often near the threshold also goes over it
+    near = Stream()
+    for i, amount in enumerate((9_100, 12_000, 9_600, 14_000, 9_300, 9_900, 11_000, 9_200)):
+        near(i * 6, "n", "deposit", asset="USD", amount_usd=amount)
+    assert near.found == []
 
 
 def test_mule_passthrough_and_shared_address():
