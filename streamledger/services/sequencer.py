@@ -45,6 +45,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ from streamledger.consortium.submission import SubmissionGate
 from streamledger.core.entry import MAX_CONTENT_TYPE, MAX_KEY
 from streamledger.core.note import SigningKey
 from streamledger.errors import BackendUnavailable, ConfigError, StreamledgerError
-from streamledger.ledger import DEFAULT_CONTENT_TYPE, AppendItem, Ledger, Receipt
+from streamledger.ledger import DEFAULT_CONTENT_TYPE, AppendItem, Ledger
 
 REJECTS_SUFFIX = ".rejects"
 #: Reject metadata headers added to the submission's own headers.
@@ -183,6 +184,10 @@ class _Batch:
     transaction: dict[str, Any]  # consumer offsets, group metadata, rejects
 
 
+class _Skipped(StreamledgerError):
+    """A batch not written because the transaction of the batch before it failed."""
+
+
 def _sanitize(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "sequencer"
 
@@ -271,10 +276,11 @@ class Sequencer:
         self.membership_refresh = membership_refresh
         self._gate: SubmissionGate | None = None
         self._batch_ms: int | None = None
-        # the pipeline: the transaction being committed in the pool thread, and the heads
-        # the next batch is built on (the in-flight batch's new heads)
+        # the pipeline: batches handed to the committing thread, oldest first (at most two:
+        # one committing, the next queued behind it), and the heads the next batch is built
+        # on (the newest in-flight batch's new heads)
         self._pool: ThreadPoolExecutor | None = None
-        self._in_flight: tuple[Future[list[Receipt]], _Batch] | None = None
+        self._in_flight: deque[tuple[Future[None], _Batch]] = deque()
         self._heads: dict[int, Any] = {}
 
     # -- public ------------------------------------------------------------------------
@@ -306,15 +312,19 @@ class Sequencer:
             last_report = time.monotonic()
             while not self._stop.is_set():
                 assert self._consumer is not None
-                # While batch N commits (in the pool thread), batch N+1 is consumed,
-                # validated and built here on N's heads (as Ledger.append_stream does).
-                wait = 0.2 if self._in_flight is None else _PIPELINE_WAIT
+                # While batch N commits (in the committing thread), batch N+1 is consumed,
+                # validated and built here on N's heads (as Ledger.append_stream does) and
+                # queued behind N, so that thread goes on with it as soon as N is committed.
+                wait = _PIPELINE_WAIT if self._in_flight else 0.2
                 msgs = self._consumer.consume(self.batch_size, wait)
                 batch = self._prepare(msgs) if msgs else None
-                written = self._finish(discard=batch)
-                self._maybe_checkpoint()  # here nothing is in flight
-                if written and batch is not None:
+                if batch is not None:
                     self._submit(batch)
+                if self._checkpoint_due():
+                    self._drain()  # checkpoints cover committed entries only
+                    self._checkpoint(set(self._dirty))
+                elif self._in_flight and (batch is None or len(self._in_flight) > 1):
+                    self._finish()  # the oldest: wait until it is committed
                 now = time.monotonic()
                 if self.stats_interval and now - last_report >= self.stats_interval:
                     self._report(now - last_report)
@@ -324,7 +334,7 @@ class Sequencer:
         finally:
             try:
                 with contextlib.suppress(StreamledgerError):
-                    self._finish()  # the last transaction: it commits before we leave
+                    self._drain()  # the last transactions: they commit before we leave
             finally:
                 pool.shutdown(wait=True)
                 self._pool = None
@@ -449,7 +459,7 @@ class Sequencer:
         """Take over partitions: wait for the previous owner's last transaction to resolve,
         then re-read the ledger heads."""
         assert self.ledger is not None
-        self._finish()
+        self._drain()
         parts = [tp.partition for tp in partitions]
         if not parts:
             return
@@ -468,7 +478,7 @@ class Sequencer:
         # callbacks run inside consume: let the transaction in flight (with offsets of this
         # generation) commit first; then nothing is open; sign a checkpoint of what we wrote
         # before handing the partitions over
-        self._finish()
+        self._drain()
         with contextlib.suppress(StreamledgerError):
             self._checkpoint(self._dirty & parts)
         self._release(parts)
@@ -477,7 +487,7 @@ class Sequencer:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with contextlib.suppress(StreamledgerError):
-            self._finish()  # most likely fenced: then it is aborted and rewound
+            self._drain()  # most likely fenced: then it is aborted and rewound
         parts = {tp.partition for tp in partitions}
         self._release(parts)
         self._say(f"sequencer {self.instance_id}: lost intake partitions {sorted(parts)}")
@@ -547,6 +557,7 @@ class Sequencer:
         rejects: list[tuple[str, int | None, bytes | None, bytes | None, list]] = []
         offsets: dict[int, int] = {}
         assigned, expected_of, limits = self._assigned, self._expected, self.limits
+        max_payload, max_key = limits.max_payload_bytes, limits.max_key_bytes
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -561,7 +572,17 @@ class Sequencer:
             if expected is not None and offset < expected:
                 continue  # fetched twice around a rebalance
             expected_of[p] = offsets[p] = offset + 1
-            verdict = validate_submission(m.value(), m.key(), m.headers(), limits)
+            value, key, headers = m.value(), m.key(), m.headers()
+            verdict: AppendItem | tuple[str, str]
+            if (
+                headers is None
+                and value
+                and len(value) <= max_payload
+                and (key is None or len(key) <= max_key)
+            ):  # the common case, as validate_submission would judge it
+                verdict = AppendItem(value, key or None, DEFAULT_CONTENT_TYPE)
+            else:
+                verdict = validate_submission(value, key, headers, limits)
             if isinstance(verdict, AppendItem) and gate is not None:
                 refused = gate.check(verdict, self._entry_clock())
                 if refused is not None:
@@ -573,7 +594,7 @@ class Sequencer:
                 rejects.append(self._reject_record(m, *verdict))
         if not offsets:
             return None
-        if self._in_flight is None:
+        if not self._in_flight:
             self._heads = self.ledger._writers_view()
         staged = self.ledger._stage(items, targets, self._heads)  # moves self._heads on
         transaction = {
@@ -584,26 +605,38 @@ class Sequencer:
         return _Batch(staged, items, set(targets), len(rejects), sorted(offsets), transaction)
 
     def _submit(self, batch: _Batch) -> None:
-        """Start committing a prepared batch in the pool thread: its entries, rejects and
-        intake offsets in one transaction."""
-        assert self.ledger is not None and self._pool is not None and self._in_flight is None
-        future = self._pool.submit(
-            self.ledger._commit, batch.staged, batch.transaction, receipts=False
-        )
-        self._in_flight = (future, batch)
+        """Queue a prepared batch for the committing thread: its entries, rejects and intake
+        offsets in one transaction, right after the batch it was built on."""
+        assert self._pool is not None
+        previous = self._in_flight[-1][0] if self._in_flight else None
+        future = self._pool.submit(self._commit, previous, batch)
+        self._in_flight.append((future, batch))
 
-    def _finish(self, discard: _Batch | None = None) -> bool:
-        """Wait for the transaction in flight (if any) and count it. If it failed, ``discard``
-        (built on its heads, not submitted) is dropped too, the partitions of both are rewound
-        to the group's committed offsets, and the result is False."""
-        if self._in_flight is None:
+    def _commit(self, previous: Future[None] | None, batch: _Batch) -> None:
+        """In the committing thread (one, jobs in order): write ``batch`` unless the batch
+        before it, whose heads it is built on, failed or was skipped."""
+        assert self.ledger is not None
+        if previous is not None and previous.exception() is not None:  # done: jobs run in order
+            raise _Skipped("the transaction before this batch failed")
+        self.ledger._commit(batch.staged, batch.transaction, receipts=False)
+
+    def _finish(self) -> bool:
+        """Wait for the oldest batch in flight (if any) and count it. If its transaction
+        failed, the batches queued behind it (built on its heads) are not written either:
+        the partitions of all of them are rewound to the group's committed offsets, and the
+        result is False."""
+        if not self._in_flight:
             return True
-        future, batch = self._in_flight
-        self._in_flight = None
+        future, batch = self._in_flight.popleft()
         try:
             future.result()
         except StreamledgerError as exc:
-            dropped = [batch] if discard is None else [batch, discard]
+            dropped = [batch]
+            while self._in_flight:  # skipped by the committing thread: wait for that
+                later, queued = self._in_flight.popleft()
+                with contextlib.suppress(StreamledgerError):
+                    later.result()
+                dropped.append(queued)
             if self._gate is not None:
                 for b in dropped:
                     for item in b.items:  # not sequenced: their ids are not used up
@@ -617,6 +650,11 @@ class Sequencer:
         self._since_checkpoint += len(batch.items)
         self._dirty.update(batch.targets)
         return True
+
+    def _drain(self) -> None:
+        """Wait until nothing is in flight (rebalance callbacks, checkpoints, stop)."""
+        while self._in_flight:
+            self._finish()
 
     def _reject_record(
         self, m: Message, code: str, reason: str
@@ -663,17 +701,19 @@ class Sequencer:
         time.sleep(min(2.0, 0.1 * 2**self._failures))
 
     # -- checkpoints and progress ------------------------------------------------------
-    def _maybe_checkpoint(self) -> None:
-        if self.signer is None or not self._dirty:
-            return
-        due_count = self.checkpoint_every and self._since_checkpoint >= self.checkpoint_every
-        due_time = (
+    def _checkpoint_due(self) -> bool:
+        """Whether to sign checkpoints now; counts the entries in flight too, which are
+        committed before signing."""
+        if self.signer is None or not (self._dirty or self._in_flight):
+            return False
+        if self.checkpoint_every:
+            pending = self._since_checkpoint + sum(len(b.items) for _, b in self._in_flight)
+            if pending >= self.checkpoint_every:
+                return True
+        return bool(
             self.checkpoint_interval
             and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
         )
-        if due_count or due_time:
-            self._finish()  # checkpoints cover committed entries only
-            self._checkpoint(set(self._dirty))
 
     def _checkpoint(self, parts: set[int]) -> None:
         if self.signer is None or self.ledger is None or not parts:

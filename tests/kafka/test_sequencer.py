@@ -450,3 +450,68 @@ def test_an_aborted_transaction_leaves_nothing(kafka_bootstrap, tmp_path, key, m
     rejects = [m for p in range(2) for m in _read_all(kafka_bootstrap, name + ".rejects", p)]
     assert len(rejects) == 1
     _verify(kafka_bootstrap, tmp_path, name, key)
+
+
+def test_a_failed_transaction_drops_the_batch_queued_behind_it(
+    kafka_bootstrap, tmp_path, key, monkeypatch
+):
+    """The next batch is built on the heads of the one committing and queued behind it; when
+    that transaction fails, the queued batch is not written either (its chain would hang on
+    entries that do not exist): both are rewound and sequenced again, exactly once."""
+    from confluent_kafka import KafkaException
+
+    from streamledger.services import sequencer as sequencer_module
+
+    name, intake = _setup(kafka_bootstrap, tmp_path, key, partitions=2)
+    subs = _submissions(2000)
+    _produce(kafka_bootstrap, intake, subs)
+    original_commit = KafkaBackend._commit
+    original_job = Sequencer._commit
+    original_prepare = Sequencer._prepare
+    calls = {"commits": 0, "skipped": 0, "built_while_committing": 0}
+
+    def slow_commit(self, producer):
+        calls["commits"] += 1
+        time.sleep(0.5 if calls["commits"] == 3 else 0.1)  # the next batch gets queued
+        if calls["commits"] == 3:
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, "injected failure", txn_requires_abort=True)
+            )
+        return original_commit(self, producer)
+
+    def job(self, previous, batch):
+        try:
+            return original_job(self, previous, batch)
+        except sequencer_module._Skipped:
+            calls["skipped"] += 1
+            raise
+
+    def prepare(self, msgs):
+        in_flight = any(not future.done() for future, _ in self._in_flight)
+        batch = original_prepare(self, msgs)
+        if batch is not None and in_flight:
+            calls["built_while_committing"] += 1
+        return batch
+
+    monkeypatch.setattr(KafkaBackend, "_commit", slow_commit)
+    monkeypatch.setattr(Sequencer, "_commit", job)
+    monkeypatch.setattr(Sequencer, "_prepare", prepare)
+    seq = Sequencer(
+        kafka_bootstrap,
+        name,
+        intake,
+        signer=key,
+        checkpoint_every=700,
+        state_dir=tmp_path / "seq",
+        batch_size=200,
+        stats_interval=0,
+    )
+    stats = seq.run(until=lambda s: s.entries >= len(subs))
+    monkeypatch.undo()
+    assert calls["built_while_committing"] > 0, calls
+    assert calls["skipped"] >= 1, calls
+    assert stats.aborted == 1 and stats.entries == len(subs), stats
+    entries = _entries(kafka_bootstrap, name, 2)
+    _assert_exactly_once(entries, {v for _, v, _ in subs})
+    _verify(kafka_bootstrap, tmp_path, name, key)
+    assert _latest_checkpoint_sizes(kafka_bootstrap, tmp_path, name, 2) == _sizes(entries, 2)
