@@ -260,14 +260,13 @@ def _delete_topics(bootstrap: str, extra: dict[str, str], tag: str) -> None:
     run does not keep gigabytes of benchmark data on the broker."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **extra})
-    names = [t for t in admin.list_topics(timeout=30).topics if tag in t]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            try:
-                future.result(60)
-            except Exception as exc:  # noqa: BLE001 - cleanup only: say so, go on
-                _say(f"  could not delete a benchmark topic: {exc}")
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap, **extra})
+        names = [t for t in admin.list_topics(timeout=30).topics if tag in t]
+        for future in (admin.delete_topics(names, operation_timeout=30) if names else {}).values():
+            future.result(60)
+    except Exception as exc:  # noqa: BLE001 - cleanup only (maybe after another error): go on
+        _say(f"  could not delete the benchmark topics of {tag}: {exc}")
 
 
 def _best(samples: list[float]) -> float:
@@ -354,12 +353,14 @@ def _kafka_rows(
             total = count + plan.batch  # + the warm-up batch
             for round_ in range(repeat):
                 label = f"  {size} B x {count:,} [{round_ + 1}/{repeat}]"
+                order = [0, 1, 2] if round_ % 2 == 0 else [2, 1, 0]  # 0: raw consume
                 _say(f"{label}: raw consume / verify (1 process) / verify (2 processes)")
-                order = [1, 2] if round_ % 2 == 0 else [2, 1]
-                samples["raw_consume_per_s"].append(
-                    raw_consume(bootstrap, extra, measured.name, partitions, total)
-                )
                 for workers in order:
+                    if workers == 0:
+                        samples["raw_consume_per_s"].append(
+                            raw_consume(bootstrap, extra, measured.name, partitions, total)
+                        )
+                        continue
                     started = time.perf_counter()
                     report = measured.verify(trust, workers=workers, opener=opener)
                     rate = _rate(report.entries_checked, time.perf_counter() - started)
