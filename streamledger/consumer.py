@@ -582,6 +582,8 @@ class VerifiedConsumer:
             # with a timeout would wait for a whole batch_size or the full timeout).
             msgs = self._consumer.consume(self.batch_size, 0)
             if not msgs:
+                if self._side is not None:  # wake up for the next checkpoint refresh
+                    timeout = min(timeout, max(0.05, self._next_refresh - time.monotonic()))
                 first = self._consumer.poll(timeout)
                 if first is not None:
                     msgs = [first, *self._consumer.consume(self.batch_size - 1, 0)]

@@ -290,9 +290,8 @@ def test_append_atomically_writes_several_ledgers_in_one_transaction(kafka_boots
     try:
         main = Ledger.create(backend, main_name)
         other = Ledger.create(backend, other_name, partitions=2)
-        AdminClient({"bootstrap.servers": kafka_bootstrap}).create_topics([NewTopic(extra, 1, 1)])[
-            extra
-        ].result(15)
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.create_topics([NewTopic(extra, 1, 1)])[extra].result(15)
         # the fence starts the first ledger's transactional writer before any head is read
         assert backend.fence(main_name) == f"streamledger-{main_name}"
         for round_ in range(3):
