@@ -36,7 +36,8 @@ def stream() -> list[bytes]:
         ev(3, 30, "carol", "deposit", asset="USDT", amount_usd=9_500, address="s"),
         ev(4, 40, "carol", "deposit", asset="USDT", amount_usd=9_700, address="s"),
         ev(5, 50, "carol", "deposit", asset="USDT", amount_usd=9_100, address="s"),
-        ev(8, 60, "carol", "deposit", asset="USDT", amount_usd=9_300, address="s"),  # struct.
+        ev(8, 60, "carol", "deposit", asset="USDT", amount_usd=9_300, address="s"),
+        ev(9, 70, "carol", "deposit", asset="USDT", amount_usd=9_600, address="s"),  # struct.
         ev(6, 160, "bob", "login", ip="2.2.2.2", country="FR", device_id="b1"),
         ev(7, 170, "bob", "login", ip="9.9.9.9", country="BE", device_id="b1"),  # tampered
     ]
@@ -93,7 +94,7 @@ def test_events_in_alerts_out_with_evidence_and_an_exportable_bundle(tmp_path):
     assert set(evidence) <= where
     struct = alerts["structuring"]
     assert {(e["partition"], e["seq"]) for e in struct["evidence"]} == {
-        (r.partition, r.seq) for r in receipts[5:9]
+        (r.partition, r.seq) for r in receipts[5:10]
     }
     # suspicious events point at the same alerts
     susp = alerts_of(backend, "suspicious-events")
@@ -102,7 +103,7 @@ def test_events_in_alerts_out_with_evidence_and_an_exportable_bundle(tmp_path):
     rejects = alerts_of(backend, "fraud-alert-events.rejects")
     assert sorted(r["code"] for r in rejects) == ["bad_ts", "not_utf8"]
     assert all(r["reason"] and "source" in r for r in rejects)
-    assert stats.events == 9 and stats.rejects == 2
+    assert stats.events == 10 and stats.rejects == 2
 
     # the travel alert's evidence as audit bundles, verified offline with the log key only
     bundles = export_alert_evidence(backend, Alert.from_dict(travel))
@@ -137,7 +138,7 @@ def _tamper_payload(tmp_path, ledger_name, partition, seq):
 
 def test_a_tampered_input_entry_raises_an_integrity_alert_and_is_not_scored(tmp_path):
     backend, ledger, receipts = setup(tmp_path)
-    tampered = receipts[10]
+    tampered = receipts[11]
     _tamper_payload(tmp_path, IN, tampered.partition, tampered.seq)
     stats = run(tmp_path, backend)
     alerts = alerts_of(backend)
@@ -151,7 +152,7 @@ def test_a_tampered_input_entry_raises_an_integrity_alert_and_is_not_scored(tmp_
     assert not any(
         a["pattern"] == "impossible_travel" and "bob" in a["customer_ids"] for a in alerts
     )
-    assert stats.events == 8
+    assert stats.events == 9
 
 
 def test_crash_between_outputs_and_state_is_repaired_without_duplicates(tmp_path):
