@@ -10,9 +10,10 @@ goes to the rejects ledger/topic with the reason, and the pipeline goes on.
 **Kafka: exactly once.** Per batch, ONE Kafka transaction (the alerts ledger's transactional
 producer, ``transactional.id`` fixed per consumer group so a restarted pipeline fences the
 old one) holds: the fraud-alert-events entries, the suspicious-events entries (built on the
-suspicious ledger's head and produced as extra records of the same transaction), the rejects,
-the detectors' state changelog (compacted topic ``<alerts>.state``) and the input offsets of
-the group (``send_offsets_to_transaction``). After a kill -9 the open transaction is aborted;
+suspicious ledger's head and produced inside the same transaction), the rejects, the
+detectors' state changelog (compacted topic ``<alerts>.state``) and the input offsets of the
+group (``send_offsets_to_transaction``), all through the public
+:func:`streamledger.ledger.append_atomically`. After a kill -9 the open transaction is aborted;
 the restarted pipeline loads the state from ``<alerts>.state`` and resumes at the committed
 offsets, so no alert is lost and none is written twice.
 
