@@ -765,23 +765,15 @@ class Detectors:
         ]
 
     def _market_price_dev(self, event: Event) -> float | None:
-        """How far an order's price is from the asset's recent trade prices (the range of the
-        last few minutes; 0 inside it); None when the asset had no recent trade."""
-        minutes = self.state["prices"].get(event.asset or "")
-        if not minutes or not event.price_usd:
+        """How far an order's price is from the asset's latest trade price (when that trade
+        is at most ``market_minutes`` old); None without a recent trade."""
+        last = self.state["ref"].get(f"{event.asset}|last")
+        if not last or not event.price_usd:
             return None
-        recent = event.ts_ms // 60_000 - self.t[ANOMALY]["market_minutes"]
-        ranges = [v for k, v in minutes.items() if int(k) >= recent]
-        if not ranges:
+        price, ts = last
+        if event.ts_ms - ts > self.t[ANOMALY]["market_minutes"] * 60_000 or price <= 0:
             return None
-        lo = min(v[0] for v in ranges)
-        hi = max(v[1] for v in ranges)
-        p = event.price_usd
-        if p > hi:
-            return p / hi - 1
-        if p < lo:
-            return 1 - p / lo
-        return 0.0
+        return abs(event.price_usd / price - 1)
 
     # -- the anomaly model -----------------------------------------------------------------
     def _anomaly(
@@ -805,6 +797,10 @@ class Detectors:
             refs = self.state["ref"]
             ref = refs.get(event.asset)
             market = self._market_price_dev(event) if event.type == ORDER else 0.0
+            if event.type == TRADE:
+                last = refs.get(f"{event.asset}|last")
+                if not last or event.ts_ms >= last[1]:
+                    refs.set(f"{event.asset}|last", [event.price_usd, event.ts_ms])
             if market is not None:
                 dev = market
             elif ref:
