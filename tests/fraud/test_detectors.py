@@ -349,3 +349,42 @@ def test_malformed_or_foreign_model_state_is_refused(data, message):
     s = Stream()
     with pytest.raises(FormatError, match=message):
         s.det.apply([("__model__", data)])
+
+
+def test_orders_near_the_latest_trade_during_a_pump_are_not_anomalies():
+    s = Stream()
+    for i in range(400):  # the model's first window
+        s(i * 0.1, f"c{i % 10}", "order", asset="XYZ", side="buy", quantity=10,
+          price_usd=100 + i % 3, amount_usd=1_000)  # fmt: skip
+    for i in range(10):  # the price doubles in ten minutes: trades define the market
+        s(50 + i, "mm", "trade", asset="XYZ", side="sell", quantity=10, price_usd=100 + 10 * i,
+          counterparty_id=f"c{i}")  # fmt: skip
+    s(60, "c3", "order", asset="XYZ", side="buy", quantity=200, price_usd=192,
+      amount_usd=38_400)  # fmt: skip
+    assert s.found == []
+
+
+def test_a_small_simulated_stream_every_pattern_detected_no_lookalike_alerted():
+    from streamledger.fraud.evaluate import evaluate
+    from streamledger.fraud.simulate import SimConfig, generate
+
+    events, labels, lookalikes = generate(
+        SimConfig(customers=400, duration_s=3 * 3600, rate=4, seed=5, incident_rate=4)
+    )
+    det = Detectors()
+    det.state.watermark.expect([0])
+    alerts = []
+    for seq, event in enumerate(events):
+        out = det.process(event, Evidence("logs-customer-trading", 0, seq))
+        assert not isinstance(out, Late)
+        alerts += [d.to_alert(d.last_ts) for d in out if d.score >= 0.5]
+        if seq % 500 == 499:
+            det.end_batch()
+    report = evaluate(alerts, labels)
+    for pattern, score in report.per_pattern.items():
+        assert score.incidents >= 1, pattern
+        assert score.detected == score.incidents, (pattern, score.to_json())
+        assert score.false_positives == 0, (pattern, score.to_json())
+    honest = {x["customer_id"] for x in lookalikes}
+    labelled = {c for label in labels for c in label.customer_ids}
+    assert not [a for a in alerts if set(a.customer_ids) & (honest - labelled)]
