@@ -200,6 +200,9 @@ class VerifiedConsumer:
     default it is read from the ledger registry. ``state_dir`` holds one head file per
     (group, ledger, partition). ``on_tamper`` is ``"raise"`` or ``"quarantine"``;
     ``on_finding(finding)`` is called for every finding under both policies.
+    ``save_interval`` (seconds, default 0: after every batch) spaces out the head files
+    and offset commits between batches; a restart then re-verifies (without delivering
+    again) what the group committed since. Revokes and ``close`` always save.
     """
 
     def __init__(
@@ -219,6 +222,7 @@ class VerifiedConsumer:
         checkpoint_interval: float = 1.0,
         batch_size: int = 1000,
         timeout: float = 10.0,
+        save_interval: float = 0.0,
     ) -> None:
         if on_tamper not in ("raise", "quarantine"):
             raise ConfigError(f"on_tamper must be 'raise' or 'quarantine', not {on_tamper!r}")
@@ -245,6 +249,7 @@ class VerifiedConsumer:
         self.max_unchecked_leaves = max_unchecked_leaves
         self.checkpoint_interval = checkpoint_interval
         self.batch_size = batch_size
+        self.save_interval = save_interval
         self.timeout = timeout
         #: Every finding so far, in the order found.
         self.findings: list[Finding] = []
@@ -256,6 +261,7 @@ class VerifiedConsumer:
         self._buffer: deque[Message] = deque()
         self._undo: dict[int, _Saved] = {}  # heads before the entries not yet acknowledged
         self._next_refresh = 0.0
+        self._next_save = 0.0
         self._closed = False
         self._deferred: TamperDetected | None = None
         self._producer: Producer | None = None
@@ -574,7 +580,9 @@ class VerifiedConsumer:
     def _fill(self, timeout: float) -> bool:
         """Save acknowledged heads, then fetch the next batch. True if records arrived."""
         self._raise_deferred()
-        self._save()
+        if self.save_interval <= 0 or time.monotonic() >= self._next_save:
+            self._next_save = time.monotonic() + self.save_interval
+            self._save()
         if time.monotonic() >= self._next_refresh:
             self._refresh_checkpoints(list(self._parts))
         try:

@@ -631,6 +631,9 @@ class KafkaRunner:
             config={"session.timeout.ms": 10_000, **self.config},
             batch_size=self.batch_size,
             timeout=self.timeout,
+            # the head files are a cache here (offsets are committed in our transactions):
+            # an fsync per partition per batch is not worth it
+            save_interval=5.0,
         )
         ok = False
         try:

@@ -331,3 +331,20 @@ def test_watermarks_and_group_metadata_for_a_transactional_pipeline(
             cached_low, cached_high = c.watermarks(p, cached=True)
             assert cached_high in (-1001, high)  # -1001: not known from a fetch response
         assert c.group_metadata() is not None
+
+
+def test_save_interval_spaces_out_head_files_and_close_still_saves(
+    kafka_bootstrap, tmp_path, key, trust
+):
+    ledger = _ledger(kafka_bootstrap, tmp_path, key, partitions=1)
+    ledger.append_many([f"s-{i}".encode() for i in range(10)], partition=0)
+    state = tmp_path / "c"
+    with _consumer(kafka_bootstrap, ledger, trust, state, save_interval=3600) as c:
+        assert len(c.poll(15, max_entries=5)) == 5
+        assert len(c.poll(15, max_entries=5)) == 5  # acknowledges the first five
+        c.poll(0.5)  # the first save happened before any entry; none since
+        heads = list(state.rglob("0.json"))
+        saved = json.loads(heads[0].read_text())["seq"] if heads else 0
+        assert saved == 0
+    heads = list(state.rglob("0.json"))
+    assert json.loads(heads[0].read_text())["seq"] == 10  # close() saved
