@@ -24,6 +24,14 @@ with a key to keep per-key order; the entry keeps the key in its header.
 last transaction is resolved (the committed group offset is stable and the ledger partition
 has no open transaction), then re-reads the partition's head from the topic.
 
+**Pipeline.** Transactions are committed in a second thread, one at a time and in order,
+while the main thread consumes, validates and builds the next batch on the heads the
+committing batch will leave (``Ledger._stage``, as ``Ledger.append_stream`` does) and queues
+it behind it: at most two batches are in flight, one committing and one waiting. A batch is
+only written if the one before it was: when a transaction fails, the batch queued behind it
+is skipped and the partitions of both are rewound to the group's committed offsets.
+Rebalance callbacks, checkpoints and stop first wait until nothing is in flight.
+
 **Signed submissions.** On a ledger created with signed submissions (option
 ``consortium.membership``), each submission must be an envelope signed by an organization
 that may write the ledger under the membership document in force; the sequencer refreshes
@@ -83,8 +91,8 @@ _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*")
 _MAX_FAILURES = 10
 _REJECT_BUDGET = 1_000_000
-#: How long consume() waits for a full batch while a transaction is committing: briefly, so
-#: the next batch is ready when the commit returns (a partial one if the intake is slow).
+#: While a transaction commits, the next batch is consumed in slices of this many seconds
+#: until it is full or the commit is done (then a partial batch goes next).
 _PIPELINE_WAIT = 0.01
 
 
@@ -315,8 +323,7 @@ class Sequencer:
                 # While batch N commits (in the committing thread), batch N+1 is consumed,
                 # validated and built here on N's heads (as Ledger.append_stream does) and
                 # queued behind N, so that thread goes on with it as soon as N is committed.
-                wait = _PIPELINE_WAIT if self._in_flight else 0.2
-                msgs = self._consumer.consume(self.batch_size, wait)
+                msgs = self._consume()
                 batch = self._prepare(msgs) if msgs else None
                 if batch is not None:
                     self._submit(batch)
@@ -392,6 +399,9 @@ class Sequencer:
                 "session.timeout.ms": int(self.session_timeout * 1000),
                 "fetch.wait.max.ms": 50,
                 "queued.min.messages": 100_000,
+                # as the backend's readers: large submissions need more than 1 MiB a fetch
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "fetch.max.bytes": 64 * 1024 * 1024,
             },
         )
         conf.update(
@@ -543,6 +553,21 @@ class Sequencer:
     # -- the work ----------------------------------------------------------------------
     def _entry_clock(self) -> int:
         return self._batch_ms if self._batch_ms is not None else time.time_ns() // 1_000_000
+
+    def _consume(self) -> list[Message]:
+        """The next batch: up to ``batch_size`` submissions. While a transaction commits,
+        keep filling the batch in short slices until it is full or the commit is done (then
+        take what there is); with nothing in flight, wait up to 0.2 s. A rebalance callback
+        between two slices is harmless: ``_prepare`` drops what is no longer assigned or
+        was already consumed (offsets below the expected one)."""
+        assert self._consumer is not None
+        consume, size = self._consumer.consume, self.batch_size
+        if not self._in_flight:
+            return consume(size, 0.2)
+        msgs = consume(size, _PIPELINE_WAIT)
+        while len(msgs) < size and self._in_flight and not self._in_flight[-1][0].done():
+            msgs += consume(size - len(msgs), _PIPELINE_WAIT)
+        return msgs
 
     def _prepare(self, msgs: list[Message]) -> _Batch | None:
         """Validate a consumed batch and build its entries (not written yet): on the heads of
