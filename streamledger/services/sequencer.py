@@ -90,6 +90,14 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*")
 _MAX_FAILURES = 10
+#: Broker errors worth retrying while waiting for a partition to be free.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
 _REJECT_BUDGET = 1_000_000
 #: While a transaction commits, the next batch is consumed in slices of this many seconds
 #: until it is full or the commit is done (then a partial batch goes next).
@@ -536,11 +544,18 @@ class Sequencer:
                 try:
                     ends.append(fut[tp].result(timeout=self.timeout + 1).offset)
                 except (KafkaException, TimeoutError) as exc:
+                    err = exc.args[0] if exc.args else None
+                    if (
+                        isinstance(err, KafkaError)
+                        and (err.retriable() or err.code() in _TRANSIENT)
+                        and time.monotonic() < deadline
+                    ):  # e.g. a leader moving just after the topic was created
+                        break
                     raise BackendUnavailable(
                         f"Kafka at {self.bootstrap}: reading the end of "
                         f"{self.ledger_name}[{partition}] failed: {exc}"
                     ) from None
-            if ends[0] >= ends[1]:
+            if len(ends) == 2 and ends[0] >= ends[1]:
                 return
             if time.monotonic() > deadline:
                 raise BackendUnavailable(
