@@ -810,7 +810,8 @@ class Detectors:
                     event.asset, event.price_usd if not ref else 0.8 * ref + 0.2 * event.price_usd
                 )
         assets = prof.setdefault("assets", [])
-        new_asset = bool(event.asset) and len(assets) >= 3 and event.asset not in assets
+        unseen = bool(event.asset) and event.asset not in assets  # never traded by them
+        new_asset = unseen and len(assets) >= 3
         if event.asset and event.asset not in assets:
             assets.append(event.asset)
             del assets[:-_PROFILE_LIST]
@@ -824,10 +825,14 @@ class Detectors:
         habit = (
             event.type == ORDER and n >= t["min_history"] and z >= t["min_amount_z"] and new_asset
         )
+        # off the market, and corroborated by the customer's own habits: an amount above
+        # their usual ones or an asset they never traded (an honest order placed just after
+        # a sudden price move is off the last trade, but in their usual asset and size)
+        off_market = dev >= t["min_price_dev"] and (unseen or z >= t["min_offmarket_z"])
         candidate = (
             event.type in (ORDER, TRADE)
             and amount >= t["min_amount_usd"]
-            and (dev >= t["min_price_dev"] or habit)
+            and (off_market or habit)
             and not found  # a rule explains it already
             and not self._market_maker(event.customer_id)
         )
