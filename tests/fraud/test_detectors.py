@@ -361,6 +361,9 @@ def test_orders_near_the_latest_trade_during_a_pump_are_not_anomalies():
           counterparty_id=f"c{i}")  # fmt: skip
     s(60, "c3", "order", asset="XYZ", side="buy", quantity=200, price_usd=192,
       amount_usd=38_400)  # fmt: skip
+    # the price steps back down: an honest order of the usual size in an asset the customer
+    # trades, at the new price, is off the last trade but not anomalous
+    s(61, "c4", "order", asset="XYZ", side="sell", quantity=7, price_usd=150, amount_usd=1_050)
     assert s.found == []
 
 
