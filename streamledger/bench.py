@@ -55,6 +55,8 @@ class BenchPlan:
     anchor_entries: int
     encryption_entries: int = 20_000
     repeat: int = 1  # interleaved rounds per throughput comparison; best of them is reported
+    fraud_rate: int = 0  # events/s of the fraud pipeline latency run (0 skips it)
+    fraud_seconds: float = 60.0
 
 
 QUICK = BenchPlan(
@@ -86,6 +88,8 @@ FULL = BenchPlan(
     anchor_entries=10_000_000,
     encryption_entries=200_000,
     repeat=3,
+    fraud_rate=5000,
+    fraud_seconds=60.0,
 )
 
 
@@ -638,8 +642,23 @@ def run_bench(
                 results["anchor"] = _anchor_run(bootstrap, extra, anchor_entries, key, state)
             timed("Kafka: end-to-end append latency (acks=all)")
             results["append_latency"] = _append_latency(bootstrap, extra, plan, state)
+            if plan.fraud_rate:
+                from streamledger.fraud.latency import measure_latency
+
+                timed(
+                    f"fraud pipeline: {plan.fraud_rate:,} events/s for "
+                    f"{plan.fraud_seconds:g} s, alert latency and consumer lag"
+                )
+                results["fraud_latency"] = measure_latency(
+                    bootstrap,
+                    plan.fraud_rate,
+                    plan.fraud_seconds,
+                    config=extra or None,
+                    workdir=workdir / "fraud",
+                    say=timed,
+                )
             # Further broker sections go here, each one key of ``results`` (and a line in
-            # format_table), e.g. results["fraud_latency"] = ...(bootstrap, extra, plan, state)
+            # format_table).
         finally:
             if broker is not None:
                 broker.stop()
@@ -702,6 +721,21 @@ def format_table(results: dict[str, Any]) -> str:
                 f"({row['verify_workers']} process{'es' if row['verify_workers'] > 1 else ''})"
                 for row in results["kafka"]
             )
+        )
+    if "fraud_latency" in results:
+        fr = results["fraud_latency"]
+        lat, lag = fr["latency_ms"], fr["lag"]
+
+        def sec(ms: float | None) -> str:
+            return "-" if ms is None else f"{ms / 1000:.2f} s"
+
+        lines.append(
+            f"fraud pipeline at {fr['rate']:,} events/s for {fr['seconds']:g} s (loaded "
+            f"{fr['load'].get('achieved_rate', 0):,.0f}/s): {fr['alerts']:,} alerts, latency "
+            f"p50 {sec(lat['p50'])} p99 {sec(lat['p99'])} (target < 2 s); lag start "
+            f"{lag.get('start', 0):,} end {lag.get('end', 0):,} slope "
+            f"{lag.get('slope_per_s', 0):+,.0f}/s -> "
+            f"{'keeps up' if fr['keeps_up'] else 'falls behind'}"
         )
     if "append_latency" in results:
         lat = results["append_latency"]
