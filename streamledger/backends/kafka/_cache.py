@@ -18,6 +18,7 @@ verifier only uses it as a hint for *where* a signed root broke, never to decide
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from streamledger.core.entry import HASH_SIZE
 from streamledger.errors import BackendUnavailable
 
 SCHEMA_VERSION = "2"
+_CHECKPOINT_BYTES = 4 << 20  # about what SQLite's default autocheckpoint (1,000 pages) holds
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -124,10 +126,17 @@ class NodeCache:
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # a cache: consistent, not durable
+            # Checkpoints (copying the WAL into the file, with an fsync) run in a background
+            # thread, not in the appending thread's commit (see _checkpointer).
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn.executescript(_SCHEMA)
         except (sqlite3.DatabaseError, OSError) as exc:
             raise BackendUnavailable(f"cannot open the Kafka node cache {path}: {exc}") from None
         self._lock = threading.RLock()
+        self._unchecked = 0  # bytes written to the WAL since the last checkpoint request
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
         if self.meta("schema") not in (None, SCHEMA_VERSION):
             self.reset()
         self.set_meta("schema", SCHEMA_VERSION)
@@ -214,8 +223,43 @@ class NodeCache:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+                self._unchecked += sum(len(up.nodes) * (HASH_SIZE + 8) + 64 for up in updates)
+                if self._unchecked >= _CHECKPOINT_BYTES:
+                    self._unchecked = 0
+                    self._request_checkpoint()
         except sqlite3.DatabaseError as exc:
             raise BackendUnavailable(f"node cache {self.path}: {exc}") from None
+
+    def _request_checkpoint(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._checkpointer,
+                name=f"node-cache-checkpoint {self.path.name}",
+                daemon=True,
+            )
+            self._thread.start()
+        self._wake.set()
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never blocks the writer) in the
+        background, so the fsync it needs is off the append path. Crash safety is SQLite's
+        WAL guarantee either way: a committed update survives kill -9; an OS crash may lose
+        the last updates but leaves the file consistent (then the cache is behind the topic
+        and the backend follows the topic again)."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError:
+            return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stop:
+                    return
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     def reset(self, partition: int | None = None) -> None:
         """Forget a partition (or everything): it will be rebuilt from the topic."""
@@ -227,5 +271,10 @@ class NodeCache:
                     self._run(f"DELETE FROM {table} WHERE partition=?", (partition,))
 
     def close(self) -> None:
+        thread = self._thread
+        if thread is not None:
+            self._stop = True
+            self._wake.set()
+            thread.join(30)
         with self._lock:
-            self._conn.close()
+            self._conn.close()  # the last connection to close checkpoints the WAL
