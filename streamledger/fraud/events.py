@@ -180,6 +180,42 @@ REJECT_CODES: tuple[str, ...] = (
 # -- time --------------------------------------------------------------------------------
 def parse_ts(value: Any, field_name: str = "ts") -> int:
     """RFC 3339 UTC with milliseconds (``2024-05-01T12:00:00.250Z``) -> epoch milliseconds."""
+    return _parse_ts(value, field_name)[0]
+
+
+#: Epoch ms of the start of an hour, by the canonical text's prefix ``YYYY-MM-DDTHH:``;
+#: filled by the strict parser, so a prefix found here is a valid, canonical one.
+_HOURS: dict[str, int] = {}
+_MAX_HOURS = 100_000
+
+
+def _parse_ts(value: Any, field_name: str) -> tuple[int, str]:
+    """``(epoch ms, canonical text)``. Fast path: the canonical form of an hour already
+    seen (plain ASCII digits, checked); anything else goes through the strict parser."""
+    if type(value) is str and len(value) == 24 and value.isascii():
+        base = _HOURS.get(value[:14])
+        if (
+            base is not None
+            and value[16] == ":"
+            and value[19] == "."
+            and value[23] == "Z"
+            and value[14:16].isdigit()
+            and value[17:19].isdigit()
+            and value[20:23].isdigit()
+        ):
+            minute, second = int(value[14:16]), int(value[17:19])
+            if minute < 60 and second < 60:
+                return base + (minute * 60 + second) * 1000 + int(value[20:23]), value
+    ms = _parse_ts_strict(value, field_name)
+    text = format_ts(ms)
+    if text == value and value.isascii():  # canonical: remember its hour
+        if len(_HOURS) >= _MAX_HOURS:
+            _HOURS.clear()
+        _HOURS[value[:14]] = ms - ms % 3_600_000
+    return ms, text
+
+
+def _parse_ts_strict(value: Any, field_name: str) -> int:
     if not isinstance(value, str):
         raise MalformedEvent(
             REJECT_BAD_TS,
@@ -302,16 +338,29 @@ def parse_event(data: bytes | str) -> Event:
             REJECT_TOO_LARGE, f"event is {len(data)} bytes, more than the {MAX_EVENT_BYTES} allowed"
         )
     try:
-        text = bytes(data).decode("utf-8")
+        text = (data if type(data) is bytes else bytes(data)).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedEvent(
             REJECT_NOT_UTF8, f"event is not UTF-8 (byte {exc.start}: {exc.reason})"
         ) from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        # what json.loads(text, parse_constant=...) does, without a new decoder per call
+        obj = (
+            json.loads(text, parse_constant=_reject_constant)
+            if text.startswith("\ufeff")
+            else _DECODER.decode(text)
+        )
     except (ValueError, RecursionError) as exc:
         raise MalformedEvent(REJECT_NOT_JSON, f"event is not valid JSON: {exc}") from None
     return event_from_dict(obj)
+
+
+def _new_event(**fields: Any) -> Event:
+    """``Event(**fields)`` for values already validated, without the frozen dataclass's
+    per-field ``object.__setattr__`` (the same instance: equal, hashable, picklable)."""
+    event = object.__new__(Event)
+    event.__dict__.update(fields)
+    return event
 
 
 def event_from_dict(obj: Any) -> Event:
@@ -319,7 +368,7 @@ def event_from_dict(obj: Any) -> Event:
     if not isinstance(obj, dict):
         raise MalformedEvent(REJECT_NOT_OBJECT, f"event must be a JSON object, got {_kind(obj)}")
     event_id = _req_id(obj, "event_id")
-    ts_ms = parse_ts(_required(obj, "ts"), "ts")
+    ts_ms, ts = _parse_ts(_required(obj, "ts"), "ts")
     customer_id = _req_id(obj, "customer_id")
     etype = _required(obj, "type")
     if not isinstance(etype, str) or etype not in EVENT_TYPES:
@@ -343,9 +392,9 @@ def event_from_dict(obj: Any) -> Event:
     asset = _opt_str(obj, "asset")
     if asset is not None and not (1 <= len(asset) <= 20):
         raise MalformedEvent(REJECT_BAD_VALUE, "asset must be 1 to 20 characters", "asset")
-    event = Event(
+    event = _new_event(
         event_id=event_id,
-        ts=format_ts(ts_ms),
+        ts=ts,
         ts_ms=ts_ms,
         customer_id=customer_id,
         type=etype,
@@ -566,6 +615,9 @@ def _dumps(obj: Any) -> bytes:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _kind(value: Any) -> str:

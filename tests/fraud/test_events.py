@@ -128,6 +128,32 @@ def test_timestamps() -> None:
     assert format_ts(1714564800250) == "2024-05-01T12:00:00.250Z"
 
 
+def test_timestamp_fast_path_is_as_strict_as_the_parser() -> None:
+    # once an hour has been seen in canonical form, its other instants take a fast path:
+    # it must give the same value, canonical text and errors as the strict parser
+    ev._HOURS.clear()
+    assert parse_ts("2024-05-01T12:00:00.000Z") == 1714564800000
+    assert "2024-05-01T12:" in ev._HOURS
+    assert parse_ts("2024-05-01T12:59:59.999Z") == 1714568399999
+    assert parse_ts("2024-05-01T12:00:00.250+00:00") == 1714564800250
+    assert ev._parse_ts("2024-05-01T12:00:00.250+00:00", "ts")[1] == "2024-05-01T12:00:00.250Z"
+    for bad in (
+        "2024-05-01T12:60:00.000Z",
+        "2024-05-01T12:00:60.000Z",
+        "2024-05-01T12:+1:00.000Z",
+        "2024-05-01T12: 1:00.000Z",
+        "2024-05-01T12:00:00.2_0Z",
+        "2024-05-01T12:00:00,250Z",
+    ):
+        with pytest.raises(MalformedEvent) as info:
+            parse_ts(bad)
+        assert info.value.code == ev.REJECT_BAD_TS
+    e = parse_event(b'{"event_id":"e","ts":"2024-05-01T12:34:56.789Z","customer_id":"c",'
+                    b'"type":"logout"}')  # fmt: skip
+    assert (e.ts, e.ts_ms) == ("2024-05-01T12:34:56.789Z", 1714566896789)
+    assert e == Event.make(event_id="e", ts_ms=e.ts_ms, customer_id="c", type="logout")
+
+
 def test_country_distance() -> None:
     assert ev.country_distance_km("DE", "DE") == 0.0
     assert 6000 < ev.country_distance_km("DE", "US") < 7000
