@@ -686,8 +686,16 @@ class Ledger:
         reports = []
         alerts = self.alerts() if trust is not None else []
         index = self._cosignature_index(alerts)
-        for partition in wanted:
-            records = self.backend.scan(self.name, partition)
+        opened: dict[int, Iterable[Any]] = {}
+        for i, partition in enumerate(wanted):
+            if partition in opened:
+                records = opened.pop(partition)
+            else:
+                records = self.backend.scan(self.name, partition)
+            if i + 1 < len(wanted) and wanted[i + 1] not in opened:
+                # open the next partition's scan now: a backend that reads ahead (Kafka)
+                # fetches it while this one is verified
+                opened[wanted[i + 1]] = self.backend.scan(self.name, wanted[i + 1])
             if progress is not None:
                 records = _counting(records, partition, progress)
             notes = self.checkpoint_notes(

@@ -236,7 +236,10 @@ def test_aborted_transaction_leaves_nothing_visible(kafka_bootstrap, tmp_path, k
     assert report.ok, report.findings
     assert [e.payload for e in ledger.read(0)] == [b"e0", b"e1", b"e2", b"e3"]
     physically = [v for _, v in _committed(kafka_bootstrap, name, 0, "read_uncommitted")]
-    assert len(physically) == 7  # the aborted records are in the log, invisible to readers
+    # the aborted records are in the log, invisible to readers (those of the failed append
+    # only if they were sent before the abort: the commit flushes, so they may never be)
+    assert sum(b"aborted" in v for v in physically) == 1
+    assert len(physically) in (5, 6, 7)
     backend.close()
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -67,7 +68,10 @@ from streamledger.errors import (
     WriteConflict,
 )
 
-_FETCH_BATCH = 10_000
+_FETCH_BATCH = 10_000  # records per consume() call at most
+_FETCH_MIN = 100
+_BATCH_BYTES = 4 << 20  # ... and about this many bytes
+_READ_AHEAD = 4  # batches a scan's reader thread may hold ahead of the caller
 _CACHE_FLUSH = 50_000
 _READER_GROUP = "streamledger-reader"  # assign() only: never joins, never commits
 # send_offsets_to_transaction refused: the consumer's group generation is stale (KIP-447)
@@ -280,8 +284,11 @@ class KafkaBackend:
     ) -> Iterator[list[Message]]:
         deadline = time.monotonic() + self.timeout
         position = start
+        count = _FETCH_BATCH
         while True:
-            msgs = consumer.consume(_FETCH_BATCH, 0.02)
+            # consume() waits its whole timeout unless `count` records are queued: ask for
+            # about _BATCH_BYTES worth, so large records come back as soon as they are here
+            msgs = consumer.consume(count, 0.02)
             if not msgs:
                 if time.monotonic() > deadline:
                     raise self._fail(
@@ -289,7 +296,8 @@ class KafkaBackend:
                         f"no progress for {self.timeout:g}s",
                     )
                 continue
-            deadline = time.monotonic() + self.timeout
+            size = (len(msgs[0]) + len(msgs[-1])) // 2 + 64
+            count = max(_FETCH_MIN, min(_FETCH_BATCH, _BATCH_BYTES // size))
             out = msgs
             done = False
             last = msgs[-1]
@@ -314,6 +322,7 @@ class KafkaBackend:
                 yield out
             if done:
                 return
+            deadline = time.monotonic() + self.timeout  # (the caller may have taken long)
 
     # -- ledgers -----------------------------------------------------------------------
     def _topic_exists(self, topic: str) -> bool:
@@ -908,15 +917,51 @@ class KafkaBackend:
         return self._scan(ledger, partition, low, lso)
 
     def _scan(self, ledger: str, partition: int, low: int, lso: int) -> Iterator[StoredRecord]:
-        consumer = self._consumer()
+        """The records of ``low <= offset < lso``, read ahead by a background thread.
+
+        The thread starts at once (so a caller can open the next partition's scan while it
+        still works on this one) and stays at most ``_READ_AHEAD`` batches of about
+        ``_BATCH_BYTES`` each ahead of the caller; librdkafka's own fetch queue
+        (``queued.max.messages.kbytes``) comes on top. While the caller hashes a batch (the
+        native verifier releases the GIL), the thread fetches and unpacks the next ones."""
+        return _ReadAhead(self, ledger, partition, low, lso)
+
+    def _read_ahead(
+        self,
+        ledger: str,
+        partition: int,
+        low: int,
+        lso: int,
+        out: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
+        def offer(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        consumer = None
         try:
+            consumer = self._consumer()
             for batch in self._fetch(consumer, ledger, partition, low, lso):
+                records = []
                 for m in batch:
                     value = m.value()
                     if value is not None:
-                        yield StoredRecord(m.offset(), value)
+                        records.append(StoredRecord(m.offset(), value))
+                if not offer(records):
+                    return
+            offer(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            offer(exc)
         finally:
-            consumer.close()
+            if consumer is not None:
+                with contextlib.suppress(KafkaException, RuntimeError):
+                    consumer.close()
 
     def read(
         self, ledger: str, partition: int, start: int = 0, end: int | None = None
@@ -1157,3 +1202,49 @@ class KafkaBackend:
 
 class _CacheGap(StreamledgerError):
     """The node cache lacks a node it should have: rebuild the partition."""
+
+
+class _ReadAhead:
+    """Iterator over one partition's records, fetched by a background thread
+    (:meth:`KafkaBackend._scan`). Closing it, or dropping it, stops the thread."""
+
+    def __init__(self, backend: KafkaBackend, ledger: str, partition: int, low: int, lso: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=_READ_AHEAD)
+        self._stop = threading.Event()
+        self._batch: list[StoredRecord] = []
+        self._pos = 0
+        self._done = False
+        self._thread = threading.Thread(
+            target=backend._read_ahead,
+            args=(ledger, partition, low, lso, self._queue, self._stop),
+            name=f"scan {ledger}[{partition}]",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def __iter__(self) -> _ReadAhead:
+        return self
+
+    def __next__(self) -> StoredRecord:
+        while self._pos >= len(self._batch):
+            if self._done:
+                raise StopIteration
+            item = self._queue.get()
+            if item is None or isinstance(item, BaseException):
+                self._done = True
+                self._thread.join()
+                if item is None:
+                    raise StopIteration
+                raise item
+            self._batch, self._pos = item, 0
+        record = self._batch[self._pos]
+        self._pos += 1
+        return record
+
+    def close(self) -> None:
+        self._done = True
+        self._batch = []
+        self._stop.set()
+
+    def __del__(self) -> None:
+        self._stop.set()
