@@ -45,6 +45,10 @@ _SEP = "\x1f"  # between a window's name and a key in state keys
 _META = "__meta__"
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True)
 class Late:
     """An event the windows refused: later than the grace period allows."""
@@ -130,6 +134,11 @@ class _Keyed:
     def dump(self, key: str) -> Any:
         return self.data.get(key)
 
+    def dump_json(self, key: str) -> bytes | None:
+        """``dump(key)`` as compact JSON bytes (None for a deleted key)."""
+        value = self.dump(key)
+        return None if value is None else _dumps(value)
+
     def load(self, key: str, value: Any) -> None:
         if value is None:
             self.data.pop(key, None)
@@ -142,28 +151,64 @@ class _Keyed:
 
 class SlidingWindow(_Keyed):
     """Per key, ``[ts, item]`` pairs of the last ``size_ms`` of event time, sorted by ``ts``
-    (equal times keep arrival order). Items must be JSON-serializable."""
+    (equal times keep arrival order). Items must be JSON-serializable.
 
-    def __init__(self, size_ms: int, max_items: int = 10_000) -> None:
+    ``frozen_items=True`` promises that an item is never changed once added: then the JSON
+    of each row is encoded once and kept, and a changed key's changelog value is joined from
+    those pieces (the same bytes as encoding the whole list again), so a busy key (a market
+    maker's trades) costs its new rows, not all of them, per batch."""
+
+    def __init__(
+        self, size_ms: int, max_items: int = 10_000, *, frozen_items: bool = False
+    ) -> None:
         super().__init__()
         if size_ms <= 0:
             raise ValueError("size_ms must be positive")
         self.size_ms = int(size_ms)
         self.max_items = max_items
+        self.frozen_items = frozen_items
+        self._encoded: dict[str, list[bytes | None]] = {}  # per key, aligned with its rows
 
     def add(self, key: str, ts: int, item: Any) -> None:
         rows = self.data.setdefault(key, [])
+        enc = self._encoded.get(key) if self.frozen_items else None
+        if enc is not None and len(enc) != len(rows):
+            enc = None
+            del self._encoded[key]
         if not rows or rows[-1][0] <= ts:
             rows.append([ts, item])
+            if enc is not None:
+                enc.append(None)
         else:
-            rows.insert(bisect.bisect_right(rows, ts, key=lambda r: r[0]), [ts, item])
+            at = bisect.bisect_right(rows, ts, key=lambda r: r[0])
+            rows.insert(at, [ts, item])
+            if enc is not None:
+                enc.insert(at, None)
         # keep the key bounded: drop what left the window relative to its newest item
         horizon = rows[-1][0] - self.size_ms
         if rows[0][0] < horizon or len(rows) > self.max_items:
             cut = bisect.bisect_left(rows, horizon, key=lambda r: r[0])
             cut = max(cut, len(rows) - self.max_items)
             del rows[:cut]
+            if enc is not None:
+                del enc[:cut]
         self.dirty.add(key)
+
+    def load(self, key: str, value: Any) -> None:
+        self._encoded.pop(key, None)
+        super().load(key, value)
+
+    def dump_json(self, key: str) -> bytes | None:
+        rows = self.data.get(key)
+        if rows is None or not self.frozen_items:
+            return super().dump_json(key)
+        enc = self._encoded.get(key)
+        if enc is None or len(enc) != len(rows):
+            enc = self._encoded[key] = [None] * len(rows)
+        for i, piece in enumerate(enc):
+            if piece is None:
+                enc[i] = _dumps(rows[i])
+        return b"[" + b",".join(enc) + b"]"  # type: ignore[arg-type]
 
     def items(self, key: str, since: int | None = None, until: int | None = None) -> list:
         """``[ts, item]`` pairs of ``key`` with ``since <= ts <= until``."""
@@ -182,10 +227,17 @@ class SlidingWindow(_Keyed):
             if rows[0][0] >= horizon:
                 continue
             cut = bisect.bisect_left(rows, horizon, key=lambda r: r[0])
+            enc = self._encoded.get(key)
             if cut >= len(rows):
                 del self.data[key]
+                self._encoded.pop(key, None)
             else:
                 del rows[:cut]
+                if enc is not None:
+                    if len(enc) == len(rows) + cut:
+                        del enc[:cut]
+                    else:
+                        del self._encoded[key]
             self.dirty.add(key)
 
 
@@ -322,10 +374,7 @@ class WindowSet:
         out: dict[str, bytes | None] = {}
         for name, part in self.parts.items():
             for key in part.dirty:
-                value = part.dump(key)
-                out[name + _SEP + key] = (
-                    None if value is None else json.dumps(value, separators=(",", ":")).encode()
-                )
+                out[name + _SEP + key] = part.dump_json(key)
             part.dirty.clear()
         if self._meta_dirty:
             out[_META] = json.dumps(self._meta_json(), separators=(",", ":")).encode()
@@ -337,7 +386,7 @@ class WindowSet:
         yield _META, json.dumps(self._meta_json(), separators=(",", ":")).encode()
         for name, part in self.parts.items():
             for key in list(part.data):
-                yield name + _SEP + key, json.dumps(part.dump(key), separators=(",", ":")).encode()
+                yield name + _SEP + key, part.dump_json(key) or b"null"
 
     def apply(self, changes: Iterable[tuple[str, bytes | None]]) -> None:
         """Load changelog records in order (later values of a key win; None deletes)."""
