@@ -288,7 +288,9 @@ class KafkaBackend:
         while True:
             # consume() waits its whole timeout unless `count` records are queued: ask for
             # about _BATCH_BYTES worth, so large records come back as soon as they are here
-            msgs = consumer.consume(count, 0.02)
+            # ... and no more than the offsets left: a short read (a checkpoint, the last
+            # record) then returns as soon as its records are here
+            msgs = consumer.consume(max(1, min(count, stop - position)), 0.02)
             if not msgs:
                 if time.monotonic() > deadline:
                     raise self._fail(
@@ -605,6 +607,10 @@ class KafkaBackend:
         except KafkaException as exc:
             raise self._fail(f"starting the transactional writer {tid!r}", exc) from None
         writer = self._writers[ledger] = _Writer(producer, tid)
+        # A writer's ledger gets checkpoints: create their producer now, so that it connects
+        # and gets its producer id in the background instead of in the first checkpoint.
+        with contextlib.suppress(KafkaException):
+            self._plain_producer()
         return writer
 
     def _drop_writer(self, ledger: str) -> None:
@@ -1146,12 +1152,9 @@ class KafkaBackend:
                         latest = m.value().decode("utf-8", "replace")
             return latest
 
-    def _produce_sync(
-        self,
-        what: str,
-        items: list[tuple[str, int, str, bytes]],
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    def _plain_producer(self) -> Producer:
+        """The idempotent, non-transactional producer of checkpoints, documents and the
+        registry (created on first use, or early by the writer: see :meth:`_writer`)."""
         with self._lock:
             if self._plain is None:
                 conf = client_config(
@@ -1162,7 +1165,16 @@ class KafkaBackend:
                 )
                 conf.update({"enable.idempotence": True, "acks": "all"})
                 self._plain = Producer(conf)
-            producer = self._plain
+            return self._plain
+
+    def _produce_sync(
+        self,
+        what: str,
+        items: list[tuple[str, int, str, bytes]],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        with self._lock:
+            producer = self._plain_producer()
             errors: list[KafkaError] = []
 
             def done(err: KafkaError | None, msg: Message) -> None:
