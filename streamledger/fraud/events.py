@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -355,14 +356,6 @@ def parse_event(data: bytes | str) -> Event:
     return event_from_dict(obj)
 
 
-def _new_event(**fields: Any) -> Event:
-    """``Event(**fields)`` for values already validated, without the frozen dataclass's
-    per-field ``object.__setattr__`` (the same instance: equal, hashable, picklable)."""
-    event = object.__new__(Event)
-    event.__dict__.update(fields)
-    return event
-
-
 def event_from_dict(obj: Any) -> Event:
     """Validate a decoded JSON value as an event (see ``parse_event``)."""
     if not isinstance(obj, dict):
@@ -377,40 +370,45 @@ def event_from_dict(obj: Any) -> Event:
             f"type {_show(etype)} is not one of {', '.join(EVENT_TYPES)}",
             "type",
         )
-    country = _opt_str(obj, "country")
+    country = _str_or_none(obj, "country")
     if country is not None and country not in ISO_COUNTRIES:
         raise MalformedEvent(
             REJECT_BAD_COUNTRY,
             f"country {country[:20]!r} is not an ISO 3166-1 alpha-2 code (like 'DE', upper case)",
             "country",
         )
-    side = _opt_str(obj, "side")
+    side = _str_or_none(obj, "side")
     if side is not None and side not in SIDES:
         raise MalformedEvent(
             REJECT_BAD_VALUE, f"side {side[:20]!r} must be 'buy', 'sell' or null", "side"
         )
-    asset = _opt_str(obj, "asset")
+    asset = _str_or_none(obj, "asset")
     if asset is not None and not (1 <= len(asset) <= 20):
         raise MalformedEvent(REJECT_BAD_VALUE, "asset must be 1 to 20 characters", "asset")
-    event = _new_event(
-        event_id=event_id,
-        ts=ts,
-        ts_ms=ts_ms,
-        customer_id=customer_id,
-        type=etype,
-        ip=_opt_str(obj, "ip"),
-        country=country,
-        device_id=_opt_str(obj, "device_id"),
-        asset=asset,
-        side=side,
-        quantity=_opt_num(obj, "quantity"),
-        price_usd=_opt_num(obj, "price_usd"),
-        amount_usd=_opt_num(obj, "amount_usd"),
-        address=_opt_str(obj, "address"),
-        counterparty_id=_opt_str(obj, "counterparty_id"),
-    )
+    # (the same order of checks as the fields' order: the first bad field is reported)
+    fields = {
+        "event_id": event_id,
+        "ts": ts,
+        "ts_ms": ts_ms,
+        "customer_id": customer_id,
+        "type": etype,
+        "ip": _str_or_none(obj, "ip"),
+        "country": country,
+        "device_id": _str_or_none(obj, "device_id"),
+        "asset": asset,
+        "side": side,
+        "quantity": _num_or_none(obj, "quantity"),
+        "price_usd": _num_or_none(obj, "price_usd"),
+        "amount_usd": _num_or_none(obj, "amount_usd"),
+        "address": _str_or_none(obj, "address"),
+        "counterparty_id": _str_or_none(obj, "counterparty_id"),
+    }
+    # Event(**fields) for values already validated, without the frozen dataclass's
+    # per-field object.__setattr__ (the same instance: equal, hashable, picklable)
+    event = object.__new__(Event)
+    event.__dict__.update(fields)
     for name in REQUIRED_BY_TYPE.get(etype, ()):
-        if getattr(event, name) is None:
+        if fields[name] is None:
             raise MalformedEvent(
                 REJECT_MISSING_FIELD, f"a {etype} event needs a non-null {name}", name
             )
@@ -671,6 +669,25 @@ def _opt_str(obj: dict[str, Any], name: str) -> str | None:
             REJECT_BAD_VALUE, f"{name} must be 1 to {MAX_ID_CHARS} characters or null", name
         )
     return value
+
+
+def _str_or_none(obj: dict[str, Any], name: str) -> str | None:
+    """``_opt_str`` with a fast path for the usual case (same result, same errors)."""
+    value = obj.get(name)
+    if value is None or (type(value) is str and 0 < len(value) <= MAX_ID_CHARS):
+        return value
+    return _opt_str(obj, name)
+
+
+def _num_or_none(obj: dict[str, Any], name: str) -> float | None:
+    """``_opt_num`` with a fast path for the usual case (same result, same errors)."""
+    value = obj.get(name)
+    if value is None or (type(value) is float and 0.0 <= value <= _FLOAT_MAX):
+        return value
+    return _opt_num(obj, name)
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def _opt_num(obj: dict[str, Any], name: str) -> float | None:
