@@ -60,6 +60,7 @@ from streamledger.fraud.events import (
     format_ts,
     make_alert_id,
 )
+from streamledger.fraud.hst_batch import BatchedHST
 from streamledger.fraud.model_state import dump_hst, load_hst
 from streamledger.fraud.windows import Late, SlidingWindow, Table, WindowSet
 
@@ -224,17 +225,25 @@ class Detectors:
                 # per customer: logins, sensitive changes, deposits, withdrawals, trade counts
                 "cust": SlidingWindow(cust_window, max_items=2_000),
                 # per (pair of customers, asset): their trades with each other
-                "pair": SlidingWindow(t["wash_trading"]["window_ms"], max_items=500),
+                "pair": SlidingWindow(
+                    t["wash_trading"]["window_ms"], max_items=500, frozen_items=True
+                ),
                 # per (asset, customer): the customer's trades of the asset
-                "held": SlidingWindow(t["pump_and_dump"]["window_ms"], max_items=500),
+                "held": SlidingWindow(
+                    t["pump_and_dump"]["window_ms"], max_items=500, frozen_items=True
+                ),
                 # per asset: customers who sold at a profit (pump participants)
-                "pump": SlidingWindow(t["pump_and_dump"]["window_ms"], max_items=1_000),
+                "pump": SlidingWindow(
+                    t["pump_and_dump"]["window_ms"], max_items=1_000, frozen_items=True
+                ),
                 # per asset: reference price (moving average of trades and near orders)
                 "ref": Table(),
                 # per asset: min/max trade price per minute (pump detection)
                 "prices": Table(),
                 # per external address: withdrawals of distinct customers to it
-                "addr": SlidingWindow(t["mule_passthrough"]["window_ms"], max_items=500),
+                "addr": SlidingWindow(
+                    t["mule_passthrough"]["window_ms"], max_items=500, frozen_items=True
+                ),
                 # per customer: devices, countries, addresses, amount habits (no time bound)
                 "profile": Table(),
                 # open incidents: pattern|key -> anchor, customers, until (event time)
@@ -242,6 +251,7 @@ class Detectors:
             },
         )
         self._model: Any = None
+        self._learner: BatchedHST | None = None  # learns self._model in bulk, exactly
         self._model_dirty = False
         #: counters for the live view and the run summary
         self.counts: dict[str, int] = {}
@@ -255,6 +265,7 @@ class Detectors:
         """Changelog of everything changed since the last call (window state and model)."""
         out = self.state.changes()
         if self._model_dirty and self._model is not None:
+            self._flush_model()
             out[_MODEL_KEY] = dump_hst(self._model)
             self._model_dirty = False
         return out
@@ -262,6 +273,7 @@ class Detectors:
     def items(self) -> list[tuple[str, bytes]]:
         out = list(self.state.items())
         if self._model is not None:
+            self._flush_model()
             out.append((_MODEL_KEY, dump_hst(self._model)))
         return out
 
@@ -273,6 +285,7 @@ class Detectors:
         for key, value in changes:
             if key == _MODEL_KEY:
                 self._model = load_hst(value) if value else None
+                self._learner = None
             else:
                 rest.append((key, value))
         self.state.apply(rest)
@@ -840,7 +853,7 @@ class Detectors:
         # scoring is pure: only the events the cheap gates let through are scored (the model
         # learns from every one); the score is the one it had before learning this event
         score = float(model.score_one(features)) if candidate else 0.0
-        model.learn_one(features)
+        model.learn_one(features)  # deferred and done in bulk, river's result exactly
         self._model_dirty = True
         n += 1
         delta = x - mean
@@ -866,7 +879,19 @@ class Detectors:
             )
         ]
 
-    def _ensure_model(self) -> Any:
+    def _flush_model(self) -> None:
+        if self._learner is not None:
+            self._learner.flush()
+
+    def _ensure_model(self) -> BatchedHST:
+        """The model, learning through :class:`BatchedHST` (read ``self._model`` only after
+        :meth:`_flush_model`)."""
+        if self._learner is None or self._learner.model is not self._model:
+            self._flush_model()
+            self._learner = BatchedHST(self._raw_model())
+        return self._learner
+
+    def _raw_model(self) -> Any:
         if self._model is None:
             from river.anomaly import HalfSpaceTrees
 
