@@ -35,7 +35,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from streamledger.fraud.events import (
     INTEGRITY,
     SUSPICIOUS_LEDGER,
     Alert,
+    Event,
     Evidence,
     MalformedEvent,
     make_alert_id,
@@ -137,12 +138,28 @@ class Pipeline:
 
     def entry(self, payload: bytes, partition: int, seq: int, appended_ms: int) -> None:
         """Score one verified input entry."""
-        where = Evidence(self.input, partition, seq)
-        try:
-            event = parse_event(payload)
-        except MalformedEvent as exc:
-            self.reject(payload, where, exc.code, exc.reason)
-            return
+        self.entries([(payload, partition, seq, appended_ms)])
+
+    def entries(self, items: Iterable[tuple[bytes, int, int, int]]) -> None:
+        """Score a batch of verified input entries ``(payload, partition, seq, appended_ms)``
+        in event-time order. A batch holds runs of several partitions one after another (as
+        they were fetched); rules that look at an asset's latest trade or price top must see
+        the events as they happened, so the batch is sorted by event time (then partition and
+        seq, so the order is deterministic) before scoring."""
+        parsed: list[tuple[int, int, int, Event, Evidence, bytes, int]] = []
+        for payload, partition, seq, appended_ms in items:
+            where = Evidence(self.input, partition, seq)
+            try:
+                event = parse_event(payload)
+            except MalformedEvent as exc:
+                self.reject(payload, where, exc.code, exc.reason)
+                continue
+            parsed.append((event.ts_ms, partition, seq, event, where, payload, appended_ms))
+        parsed.sort(key=lambda t: t[:3])
+        for _, _, _, event, where, payload, appended_ms in parsed:
+            self._score(event, where, payload, appended_ms)
+
+    def _score(self, event: Event, where: Evidence, payload: bytes, appended_ms: int) -> None:
         out = self.detectors.process(event, where)
         if isinstance(out, Late):
             self.stats.late += 1
@@ -349,10 +366,13 @@ class EmbeddedRunner:
     def step(self) -> int:
         """Process one batch from every partition; the number of input entries read."""
         read = 0
+        verified: list[tuple[bytes, int, int, int]] = []
         for part, head in self.heads.items():
             if head.stopped:
                 continue
-            read += self._read_partition(part, head)
+            read += self._read_partition(part, head, verified)
+        # every partition's run of this step, scored together in event-time order
+        self.p.entries(verified)
         if read:
             self._flush()
         return read
@@ -370,7 +390,10 @@ class EmbeddedRunner:
             out[cp.tree_size] = cp.root_hash
         return out
 
-    def _read_partition(self, part: int, head: _Head) -> int:
+    def _read_partition(
+        self, part: int, head: _Head, verified: list[tuple[bytes, int, int, int]]
+    ) -> int:
+        """Verify the partition's next entries; the good ones go to ``verified``."""
         records = list(self.backend.read(self.p.input, part, head.seq, head.seq + self.batch_size))
         if not records:
             self.p.detectors.state.watermark.idle(part)  # caught up: do not hold others back
@@ -415,7 +438,7 @@ class EmbeddedRunner:
                     customer=_key_text(h.key),
                 )  # fmt: skip
                 continue
-            self.p.entry(entry.payload, part, h.seq, h.timestamp_ms)
+            verified.append((entry.payload, part, h.seq, h.timestamp_ms))
         return len(records)
 
     def _fatal(self, part: int, head: _Head, kind: str, seq: int, detail: str) -> int:
@@ -687,8 +710,8 @@ class KafkaRunner:
             self.p.integrity(f.kind, f.ledger, f.partition, f.seq, f.detail)
         offsets: dict[int, int] = {}
         for e in entries:
-            self.p.entry(e.payload, e.partition, e.seq, e.timestamp_ms)
             offsets[e.partition] = max(offsets.get(e.partition, 0), e.offset + 1)
+        self.p.entries((e.payload, e.partition, e.seq, e.timestamp_ms) for e in entries)
         batch = self.p.take()
         self.p.detectors.end_batch()
         extra: list[tuple[str, int | None, bytes | None, bytes | None, list | None]] = []
