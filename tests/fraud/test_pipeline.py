@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import closing
 
 from streamledger.backends.sqlite import DB_NAME, SQLiteBackend
@@ -252,3 +253,42 @@ def test_each_step_scores_every_partitions_run_in_event_time_order(tmp_path):
     runner.run(until_idle=0, poll=0)
     assert len(detectors.seen) == 40
     assert detectors.seen == sorted(detectors.seen)
+
+
+def test_steps_follow_append_time_when_one_partition_is_much_busier(tmp_path):
+    # A busy partition's batch_size entries span a short time, a quiet one's a long time;
+    # reading equal counts per step would score the quiet partition's later events before
+    # the busy partition's earlier ones. Steps merge the partitions by append time instead.
+    from streamledger.core.partitioner import partition_for_key
+
+    names = [f"c{i}" for i in range(20)]
+    busy = next(n for n in names if partition_for_key(n.encode(), 2) == 0)
+    quiet = [n for n in names if partition_for_key(n.encode(), 2) == 1][:3]
+    backend = SQLiteBackend(tmp_path / "data")
+    ledger = Ledger.create(backend, IN, partitions=2)
+    i = 0
+    for block in range(12):  # appended in 12 calls, each with its own append time
+        items = []
+        for k in range(5):
+            who = quiet[block % 3] if k == 0 else busy
+            raw = ev(i, minute=i, customer=who, type="login", ip="1.1.1.1", country="DE",
+                     device_id=who)  # fmt: skip
+            items.append(AppendItem(raw, who.encode(), "application/json"))
+            i += 1
+        ledger.append_many(items)
+        time.sleep(0.003)
+    detectors = _Recording(ledger=IN)
+    runner = EmbeddedRunner(
+        backend,
+        Pipeline(detectors, input_ledger=IN),
+        suspicious="suspicious-events",
+        alerts="fraud-alert-events",
+        rejects="fraud-alert-events.rejects",
+        state_path=tmp_path / "data" / "fraud-state" / "g.db",
+        batch_size=4,
+    )
+    runner.run(until_idle=0, poll=0)
+    assert len(detectors.seen) == 60
+    # out of order by at most one append call's span (5 events, 5 minutes here)
+    late = max(max(detectors.seen[:k]) - t for k, t in enumerate(detectors.seen) if k > 0)
+    assert late <= 5 * MIN, late / MIN
