@@ -214,6 +214,20 @@ def measure_latency(
         procs: list[subprocess.Popen] = []
         sampler: _LagSampler | None = None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+        def spawn(
+            name: str, command: str, args: list[str], log: Path, stdout: int
+        ) -> subprocess.Popen:
+            """``streamledger fraud COMMAND ARGS`` in its own data dir, stderr to ``log``."""
+            proc = subprocess.Popen(
+                _cli(bootstrap, work / name, config, command, *args),
+                stdout=stdout,
+                stderr=open(log, "w"),  # noqa: SIM115 - closed with the process
+                env=env,
+            )
+            procs.append(proc)
+            return proc
+
         try:
             Ledger.create(backend, names["input"], partitions=partitions)
             run_log = work / "pipeline.log"
@@ -221,13 +235,7 @@ def measure_latency(
             run_args = ["--input", names["input"], "--suspicious", names["suspicious"]]
             run_args += ["--alerts", names["alerts"], "--group", group]
             run_args += ["--batch-size", str(batch_size)]
-            pipeline = subprocess.Popen(
-                _cli(bootstrap, work / "pipeline", config, "run", *run_args),
-                stdout=subprocess.DEVNULL,
-                stderr=open(run_log, "w"),  # noqa: SIM115 - closed with the process
-                env=env,
-            )
-            procs.append(pipeline)
+            pipeline = spawn("pipeline", "run", run_args, run_log, subprocess.DEVNULL)
             _wait_for_group(bootstrap, config, group, pipeline, run_log)
             sampler = _LagSampler(bootstrap, config, names["input"], partitions, group)
             sampler.start()
@@ -238,13 +246,7 @@ def measure_latency(
             load_args += ["--seed", str(seed), "--json"]
             if pregenerate:
                 load_args.append("--pregenerate")
-            loader = subprocess.Popen(
-                _cli(bootstrap, work / "load", config, "load", *load_args),
-                stdout=subprocess.PIPE,
-                stderr=open(load_log, "w"),  # noqa: SIM115 - closed with the process
-                env=env,
-            )
-            procs.append(loader)
+            loader = spawn("load", "load", load_args, load_log, subprocess.PIPE)
             out, _ = loader.communicate(timeout=seconds + 300)
             if loader.returncode != 0:
                 raise StreamledgerError(

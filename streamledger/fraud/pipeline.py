@@ -290,7 +290,7 @@ class EmbeddedRunner:
         self.input = Ledger(backend, pipeline.input)
         self.trust = trust if trust is not None else self.input.default_trust()
         self.outputs = {
-            name: _open_or_create(backend, name) for name in (suspicious, alerts, rejects)
+            name: open_or_create(backend, name) for name in (suspicious, alerts, rejects)
         }
         self.names = {"suspicious": suspicious, "alerts": alerts, "rejects": rejects}
         self.batch_size = batch_size
@@ -536,7 +536,8 @@ def _key_text(key: bytes | None) -> str | None:
         return None
 
 
-def _open_or_create(backend: Any, name: str, partitions: int = 1) -> Ledger:
+def open_or_create(backend: Any, name: str, partitions: int = 1) -> Ledger:
+    """The ledger ``name``, created with ``partitions`` if it does not exist yet."""
     if name in backend.list_ledgers():
         return Ledger(backend, name)
     try:
@@ -586,8 +587,8 @@ class KafkaRunner:
             transaction_timeout=transaction_timeout,
         )
         self.input = Ledger(self.backend, pipeline.input)
-        self.suspicious = _open_or_create(self.backend, suspicious)
-        self.alerts = _open_or_create(self.backend, alerts)
+        self.suspicious = open_or_create(self.backend, suspicious)
+        self.alerts = open_or_create(self.backend, alerts)
         self._ensure_topics()
         # Fence a previous instance now (init_transactions completes or aborts its open
         # transaction), so the state and the suspicious ledger's head read below are final.

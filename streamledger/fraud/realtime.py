@@ -301,8 +301,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from streamledger.cli.commands import open_backend
-    from streamledger.errors import ConfigError
-    from streamledger.ledger import Ledger
+    from streamledger.fraud.pipeline import open_or_create
 
     check_args(args)
 
@@ -321,10 +320,7 @@ def main(args: argparse.Namespace) -> int:
 
     backend = open_backend(args, create=True)
     try:
-        try:
-            ledger = Ledger(backend, args.ledger)
-        except ConfigError:
-            ledger = Ledger.create(backend, args.ledger, partitions=args.partitions)
+        ledger = open_or_create(backend, args.ledger, args.partitions)
         stats = load(
             ledger,
             args.rate,

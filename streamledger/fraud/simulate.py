@@ -1273,15 +1273,12 @@ def _to_ledger(
     stream: Iterator[tuple[int, Event]], args: argparse.Namespace, progress: _Progress
 ) -> None:
     from streamledger.cli.commands import open_backend
-    from streamledger.errors import ConfigError
-    from streamledger.ledger import AppendItem, Ledger
+    from streamledger.fraud.pipeline import open_or_create
+    from streamledger.ledger import AppendItem
 
     backend = open_backend(args, create=True)
     try:
-        try:
-            ledger = Ledger(backend, args.ledger)
-        except ConfigError:
-            ledger = Ledger.create(backend, args.ledger, partitions=args.partitions)
+        ledger = open_or_create(backend, args.ledger, args.partitions)
 
         def items() -> Iterator[AppendItem]:
             for arrival, event in stream:

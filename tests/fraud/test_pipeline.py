@@ -61,8 +61,10 @@ def setup(tmp_path, events=None):
     return backend, ledger, receipts
 
 
-def run(tmp_path, backend):
-    pipeline = Pipeline(Detectors(ledger=IN), input_ledger=IN)
+def run(tmp_path, backend, detectors=None, batch_size=3):
+    if detectors is None:
+        detectors = Detectors(ledger=IN)
+    pipeline = Pipeline(detectors, input_ledger=IN)
     runner = EmbeddedRunner(
         backend,
         pipeline,
@@ -70,7 +72,7 @@ def run(tmp_path, backend):
         alerts="fraud-alert-events",
         rejects="fraud-alert-events.rejects",
         state_path=tmp_path / "data" / "fraud-state" / "g.db",
-        batch_size=3,
+        batch_size=batch_size,
     )
     stats = runner.run(until_idle=0, poll=0)
     return stats
@@ -241,16 +243,7 @@ def test_each_step_scores_every_partitions_run_in_event_time_order(tmp_path):
     backend, ledger, receipts = setup(tmp_path, events)
     assert {r.partition for r in receipts} == {0, 1}
     detectors = _Recording(ledger=IN)
-    runner = EmbeddedRunner(
-        backend,
-        Pipeline(detectors, input_ledger=IN),
-        suspicious="suspicious-events",
-        alerts="fraud-alert-events",
-        rejects="fraud-alert-events.rejects",
-        state_path=tmp_path / "data" / "fraud-state" / "g.db",
-        batch_size=100,
-    )
-    runner.run(until_idle=0, poll=0)
+    run(tmp_path, backend, detectors, batch_size=100)
     assert len(detectors.seen) == 40
     assert detectors.seen == sorted(detectors.seen)
 
@@ -278,16 +271,7 @@ def test_steps_follow_append_time_when_one_partition_is_much_busier(tmp_path):
         ledger.append_many(items)
         time.sleep(0.003)
     detectors = _Recording(ledger=IN)
-    runner = EmbeddedRunner(
-        backend,
-        Pipeline(detectors, input_ledger=IN),
-        suspicious="suspicious-events",
-        alerts="fraud-alert-events",
-        rejects="fraud-alert-events.rejects",
-        state_path=tmp_path / "data" / "fraud-state" / "g.db",
-        batch_size=4,
-    )
-    runner.run(until_idle=0, poll=0)
+    run(tmp_path, backend, detectors, batch_size=4)
     assert len(detectors.seen) == 60
     # out of order by at most one append call's span (5 events, 5 minutes here)
     late = max(max(detectors.seen[:k]) - t for k, t in enumerate(detectors.seen) if k > 0)
