@@ -59,6 +59,42 @@ class BenchPlan:
     fraud_seconds: float = 60.0
 
 
+#: The sections of a run, in the order they run; ``--only`` picks some of them.
+SECTIONS = ("kafka", "anchor", "latency", "fraud", "sqlite", "encryption", "proofs", "memory")
+
+
+def parse_sections(text: str | None) -> tuple[str, ...]:
+    """``--only`` as a tuple of section names (all of them for None); unknown names are a
+    ConfigError naming the valid ones."""
+    if text is None:
+        return SECTIONS
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--only: unknown section {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(SECTIONS)}"
+        )
+    return names
+
+
+def parse_sizes(text: str | None, plan: BenchPlan) -> tuple[int, ...]:
+    """``--sizes`` (payload sizes of the Kafka rows, a subset of the plan's) as a tuple."""
+    if text is None:
+        return plan.sizes
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--sizes: expected comma-separated byte counts, got {text!r}") from None
+    bad = [size for size in sizes if size not in plan.sizes]
+    if bad or not sizes:
+        raise ConfigError(
+            f"--sizes: {', '.join(map(str, bad)) or '(none given)'} not measured; choose from "
+            f"{', '.join(map(str, plan.sizes))}"
+        )
+    return sizes
+
+
 QUICK = BenchPlan(
     name="quick",
     sizes=(100, 1024, 10240),
@@ -284,6 +320,7 @@ def _kafka_rows(
     key: SigningKey,
     state_dir: Path,
     repeat: int,
+    sizes: tuple[int, ...] | None = None,
 ) -> list[dict[str, Any]]:
     """Per payload size, ``repeat`` rounds of raw produce / ledger append / sequencer (each
     round on fresh topics, the order reversed every other round so neither side always goes
@@ -298,7 +335,7 @@ def _kafka_rows(
     partitions = 3
     trust = TrustPolicy((key.verifier,))
     opener = functools.partial(KafkaBackend, bootstrap, config=extra, state_dir=state_dir)
-    for size in plan.sizes:
+    for size in sizes or plan.sizes:
         count = plan.kafka_entries[size]
         payloads = [os.urandom(size) for _ in range(min(count, 2000))]
         payloads = [payloads[i % len(payloads)] for i in range(count)]
@@ -594,11 +631,16 @@ def run_bench(
     timed: Callable[[str], None] = _say,
     repeat: int | None = None,
     cache_dir: Path | None = None,
+    only: str | None = None,
+    sizes: str | None = None,
 ) -> dict[str, Any]:
     """Run every measurement of the plan (``quick`` or full) and return (and with ``output``,
     write as JSON) the results. ``repeat``: rounds of each throughput comparison (default: the
-    plan's); ``cache_dir``: where the large proof logs are kept between runs."""
+    plan's); ``cache_dir``: where the large proof logs are kept between runs; ``only``: a
+    comma-separated subset of SECTIONS; ``sizes``: payload sizes of the Kafka rows."""
     plan = QUICK if quick else FULL
+    sections = parse_sections(only)
+    kafka_sizes = parse_sizes(sizes, plan)
     anchor_entries = plan.anchor_entries if anchor is None else anchor
     repeat = plan.repeat if repeat is None else repeat
     if repeat < 1:
@@ -621,28 +663,34 @@ def run_bench(
             "native_accelerator": _accel.native is not None,
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sections": list(sections),
     }
     with tempfile.TemporaryDirectory(prefix="streamledger-bench-") as tmp:
         workdir = Path(tmp)
         state = workdir / "cache"
         broker = None
-        if bootstrap is None:
+        on_broker = {"kafka", "latency", "fraud"} | ({"anchor"} if anchor_entries else set())
+        if bootstrap is None and on_broker & set(sections):
             timed("starting a local Kafka broker")
             broker = _start_local_broker(workdir)
             bootstrap = broker.bootstrap
         try:
             # -- sections on the broker -------------------------------------------------
-            timed(
-                f"Kafka: raw produce vs ledger append vs sequencer, raw consume vs verify "
-                f"(best of {repeat})"
-            )
-            results["kafka"] = _kafka_rows(bootstrap, extra, plan, key, state, repeat)
-            if anchor_entries:
+            if "kafka" in sections:
+                timed(
+                    "Kafka: raw produce vs ledger append vs sequencer, raw consume vs verify "
+                    f"(best of {repeat})"
+                )
+                results["kafka"] = _kafka_rows(
+                    bootstrap, extra, plan, key, state, repeat, kafka_sizes
+                )
+            if anchor_entries and "anchor" in sections:
                 timed(f"KafkaBlockchain-shaped run: {anchor_entries:,} entries, 3 partitions")
                 results["anchor"] = _anchor_run(bootstrap, extra, anchor_entries, key, state)
-            timed("Kafka: end-to-end append latency (acks=all)")
-            results["append_latency"] = _append_latency(bootstrap, extra, plan, state)
-            if plan.fraud_rate:
+            if "latency" in sections:
+                timed("Kafka: end-to-end append latency (acks=all)")
+                results["append_latency"] = _append_latency(bootstrap, extra, plan, state)
+            if plan.fraud_rate and "fraud" in sections:
                 from streamledger.fraud.latency import measure_latency
 
                 timed(
@@ -663,17 +711,21 @@ def run_bench(
             if broker is not None:
                 broker.stop()
         # -- embedded sections ----------------------------------------------------------
-        timed(f"embedded SQLite append and verify (best of {repeat})")
-        results["sqlite"] = _sqlite_rows(plan, key, workdir, repeat)
-        timed("embedded SQLite: encrypted vs unencrypted append")
-        results["encryption"] = _encrypted_append(plan, workdir)
-        timed("proof latency (SQLite logs, public Ledger API)")
-        results["proofs"] = [
-            proof_latency(size, plan.proof_samples, cache_dir, workdir, timed)
-            for size in plan.proof_log_sizes
-        ]
-        timed("verify peak memory")
-        results["verify_memory"] = [_verify_memory(n) for n in plan.memory_log_sizes]
+        if "sqlite" in sections:
+            timed(f"embedded SQLite append and verify (best of {repeat})")
+            results["sqlite"] = _sqlite_rows(plan, key, workdir, repeat)
+        if "encryption" in sections:
+            timed("embedded SQLite: encrypted vs unencrypted append")
+            results["encryption"] = _encrypted_append(plan, workdir)
+        if "proofs" in sections:
+            timed("proof latency (SQLite logs, public Ledger API)")
+            results["proofs"] = [
+                proof_latency(size, plan.proof_samples, cache_dir, workdir, timed)
+                for size in plan.proof_log_sizes
+            ]
+        if "memory" in sections:
+            timed("verify peak memory")
+            results["verify_memory"] = [_verify_memory(n) for n in plan.memory_log_sizes]
     results["peak_rss_mb_bench"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if output is not None:
@@ -692,14 +744,15 @@ def format_table(results: dict[str, Any]) -> str:
         f"best of {repeat} interleaved round{'s' if repeat != 1 else ''} per throughput figure)"
     ]
     lines.append("")
-    lines.append(
-        "Kafka, same broker, same payloads, transactions of equal size; ratios are best/best"
-    )
-    lines.append(
-        f"{'payload':>8} {'entries':>8} {'raw prod/s':>11} {'append/s':>10} "
-        f"{'ratio':>6} {'sequencer/s':>11} {'ratio':>6} {'raw cons/s':>11} {'verify/s':>10} "
-        f"{'ratio':>6} {'verify 2p/s':>11} {'ratio':>6}"
-    )
+    if results.get("kafka"):
+        lines.append(
+            "Kafka, same broker, same payloads, transactions of equal size; ratios are best/best"
+        )
+        lines.append(
+            f"{'payload':>8} {'entries':>8} {'raw prod/s':>11} {'append/s':>10} "
+            f"{'ratio':>6} {'sequencer/s':>11} {'ratio':>6} {'raw cons/s':>11} {'verify/s':>10} "
+            f"{'ratio':>6} {'verify 2p/s':>11} {'ratio':>6}"
+        )
     for row in results.get("kafka", []):
         lines.append(
             f"{row['payload_bytes']:>8} {row['entries']:>8} {row['raw_produce_per_s']:>11,.0f} "
@@ -743,12 +796,13 @@ def format_table(results: dict[str, Any]) -> str:
             f"single append latency (acks=all): p50 {lat['p50_ms']:.2f} ms, "
             f"p99 {lat['p99_ms']:.2f} ms"
         )
-    sq = results["sqlite"]
     lines.append("")
-    lines.append(
-        f"SQLite ({sq['entries']:,} x 100 B, best of {sq.get('repeat', 1)}): append "
-        f"{sq['append_per_s']:,.0f}/s, verify {sq['verify_per_s']:,.0f}/s"
-    )
+    if "sqlite" in results:
+        sq = results["sqlite"]
+        lines.append(
+            f"SQLite ({sq['entries']:,} x 100 B, best of {sq.get('repeat', 1)}): append "
+            f"{sq['append_per_s']:,.0f}/s, verify {sq['verify_per_s']:,.0f}/s"
+        )
     if "encryption" in results:
         en = results["encryption"]
         lines.append(
@@ -756,7 +810,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"{en['plain_append_per_s']:,.0f}/s unencrypted -> cost {en['cost_ratio']:.2f}x "
             "(target <= 1.3x)"
         )
-    for row in results["proofs"]:
+    for row in results.get("proofs", []):
         built = (
             "reused from the cache"
             if row.get("reused")
@@ -781,6 +835,6 @@ def format_table(results: dict[str, Any]) -> str:
             f"anchor {ANCHOR_PRODUCE_S:.0f} s / {ANCHOR_VERIFY_S:.0f} s -> "
             f"{a['produce_speedup']:.2f}x / {a['verify_speedup']:.2f}x)"
         )
-    for row in results["verify_memory"]:
+    for row in results.get("verify_memory", []):
         lines.append(f"verify peak RSS at {row['entries']:,} entries: {row['peak_rss_mb']:.1f} MB")
     return "\n".join(lines)

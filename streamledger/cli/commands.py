@@ -796,6 +796,8 @@ def run(args: argparse.Namespace) -> int:
             anchor=args.anchor_entries,
             repeat=args.repeat,
             cache_dir=args.cache_dir,
+            only=args.only,
+            sizes=args.sizes,
         )
         print(format_table(results))
         print(f"results written to {args.output}", file=sys.stderr)

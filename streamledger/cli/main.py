@@ -257,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the proof-latency logs (1M/10M entries, SQLite) here and reuse them once "
         "checked complete",
     )
+    bench.add_argument(
+        "--only",
+        default=None,
+        metavar="SECTIONS",
+        help="run only these comma-separated sections: kafka, anchor, latency, fraud, sqlite, "
+        "encryption, proofs, memory (default: all)",
+    )
+    bench.add_argument(
+        "--sizes",
+        default=None,
+        metavar="BYTES",
+        help="payload sizes of the kafka section, comma-separated (default: 100,1024,10240)",
+    )
 
     seq = sub.add_parser("sequencer", help="Kafka: the sequencer service (intake topic -> ledger)")
     seq_sub = seq.add_subparsers(dest="sequencer_command", metavar="ACTION")
