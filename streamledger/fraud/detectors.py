@@ -223,7 +223,7 @@ class Detectors:
             grace,
             {
                 # per customer: logins, sensitive changes, deposits, withdrawals, trade counts
-                "cust": SlidingWindow(cust_window, max_items=2_000),
+                "cust": SlidingWindow(cust_window, max_items=2_000, frozen_items=True),
                 # per (pair of customers, asset): their trades with each other
                 "pair": SlidingWindow(
                     t["wash_trading"]["window_ms"], max_items=500, frozen_items=True
@@ -641,7 +641,7 @@ class Detectors:
         for _, it in rows.items(event.customer_id, bucket, bucket + 599_999):
             if it["t"] == "trades":
                 it["n"] += 1
-                rows.dirty.add(event.customer_id)
+                rows.changed(event.customer_id, it)
                 return
         rows.add(event.customer_id, bucket, {"t": "trades", "ts": bucket, "n": 1})
 
@@ -731,9 +731,15 @@ class Detectors:
         t = self.t[PUMP_AND_DUMP]
         key = f"{event.asset}|{event.customer_id}"
         held = self.state["held"]
-        held.add(key, event.ts_ms, item)
+        maker = self._market_maker(event.customer_id)
+        if maker:
+            # A market maker stays one (its counterparty list never shrinks below the
+            # threshold) and its held trades are never read: do not keep (nor write) them.
+            held.delete(key)
+        else:
+            held.add(key, event.ts_ms, item)
         minutes = self._price_minutes(event.asset or "", event.ts_ms, event.price_usd)
-        if event.side != SELL or not minutes or self._market_maker(event.customer_id):
+        if event.side != SELL or not minutes or maker:
             return []
         peak_min, (_, hi) = max(minutes.items(), key=lambda kv: (kv[1][1], -int(kv[0])))
         peak = int(peak_min) * 60_000

@@ -47,8 +47,81 @@ MAX_FEATURES = 256
 MAX_WINDOW = 10_000_000
 
 
+_CACHE_ATTR = "_streamledger_dump_layout"
+
+
 def dump_hst(model: Any) -> bytes:
-    """The model's state as compact JSON bytes (see the module docstring)."""
+    """The model's state as compact JSON bytes (see the module docstring).
+
+    The trees' shape, features and thresholds never change once river built them (learning
+    only moves masses), so their JSON is encoded once and kept on the model; each dump then
+    only writes the masses. The bytes are those of :func:`_dump_hst_plain` (tested)."""
+    trees = model.trees
+    layout = getattr(model, _CACHE_ATTR, None)
+    if layout is None or layout[0] is not trees or layout[1] != [id(t) for t in trees]:
+        layout = _layout(model)
+        setattr(model, _CACHE_ATTR, layout)
+    _, _, features, per_tree = layout
+    doc = _header(model, features)
+    num = _num
+    parts = []
+    for pieces in per_tree:
+        nodes = [pre + num(node.l_mass) + "," + num(node.r_mass) + "]" for node, pre in pieces]
+        parts.append("[" + ",".join(nodes) + "]")
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    return (text[:-1] + ',"trees":[' + ",".join(parts) + "]}").encode("utf-8")
+
+
+def _num(value: Any) -> str:
+    if type(value) is int:
+        return int.__repr__(value)
+    return json.dumps(value, allow_nan=False)
+
+
+def _header(model: Any, features: list[str]) -> dict[str, Any]:
+    # Every field of the document but "trees" (which comes last), in the same order.
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "params": {
+            "n_trees": model.n_trees,
+            "height": model.height,
+            "window_size": model.window_size,
+            "seed": model.seed,
+            "limits": {str(k): [float(v[0]), float(v[1])] for k, v in model.limits.items()},
+        },
+        "counter": model.counter,
+        "first_window": bool(model._first_window),
+        "features": features,
+    }
+
+
+def _layout(model: Any) -> tuple[Any, list[int], list[str], list[list[tuple[Any, str]]]]:
+    """Per tree, each node (depth first) with the JSON text before its masses."""
+    features: list[str] = []
+    index: dict[str, int] = {}
+    per_tree = []
+    for root in model.trees:
+        pieces = []
+        for node in root.iter_dfs():
+            if hasattr(node, "feature"):
+                name = node.feature
+                if not isinstance(name, str):
+                    raise TypeError(f"feature names must be strings, got {name!r}")
+                if name not in index:
+                    index[name] = len(features)
+                    features.append(name)
+                threshold = json.dumps(float(node.threshold), allow_nan=False)
+                pieces.append((node, f"[{index[name]},{threshold},"))
+            else:
+                pieces.append((node, "["))
+        per_tree.append(pieces)
+    return model.trees, [id(t) for t in model.trees], features, per_tree
+
+
+def _dump_hst_plain(model: Any) -> bytes:
+    """:func:`dump_hst` without the cached layout (the reference its bytes are tested
+    against)."""
     features: list[str] = []
     index: dict[str, int] = {}
     trees: list[list[list[Any]]] = []

@@ -27,6 +27,7 @@ whole state at once.
 from __future__ import annotations
 
 import bisect
+import heapq
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -153,10 +154,11 @@ class SlidingWindow(_Keyed):
     """Per key, ``[ts, item]`` pairs of the last ``size_ms`` of event time, sorted by ``ts``
     (equal times keep arrival order). Items must be JSON-serializable.
 
-    ``frozen_items=True`` promises that an item is never changed once added: then the JSON
-    of each row is encoded once and kept, and a changed key's changelog value is joined from
-    those pieces (the same bytes as encoding the whole list again), so a busy key (a market
-    maker's trades) costs its new rows, not all of them, per batch."""
+    ``frozen_items=True`` promises that an item is never changed once added, except through
+    :meth:`changed`: then the JSON of each row is encoded once and kept, and a changed key's
+    changelog value is joined from those pieces (the same bytes as encoding the whole list
+    again), so a busy key (a market maker's trades) costs its new rows, not all of them, per
+    batch."""
 
     def __init__(
         self, size_ms: int, max_items: int = 10_000, *, frozen_items: bool = False
@@ -168,9 +170,21 @@ class SlidingWindow(_Keyed):
         self.max_items = max_items
         self.frozen_items = frozen_items
         self._encoded: dict[str, list[bytes | None]] = {}  # per key, aligned with its rows
+        # (time of the key's oldest row, key), pushed whenever a key's oldest row changes, so
+        # evict() visits only keys with rows to drop; entries that no longer match are skipped.
+        self._heads: list[tuple[int, str]] = []
+
+    def _head(self, key: str, rows: list) -> None:
+        heapq.heappush(self._heads, (rows[0][0], key))
+        if len(self._heads) > 4 * len(self.data) + 1024:  # drop the stale entries
+            self._heads = [(r[0][0], k) for k, r in self.data.items() if r]
+            heapq.heapify(self._heads)
 
     def add(self, key: str, ts: int, item: Any) -> None:
-        rows = self.data.setdefault(key, [])
+        rows = self.data.get(key)
+        if rows is None:
+            rows = self.data[key] = []
+        first = rows[0][0] if rows else None
         enc = self._encoded.get(key) if self.frozen_items else None
         if enc is not None and len(enc) != len(rows):
             enc = None
@@ -192,11 +206,39 @@ class SlidingWindow(_Keyed):
             del rows[:cut]
             if enc is not None:
                 del enc[:cut]
+        if rows[0][0] != first:
+            self._head(key, rows)
         self.dirty.add(key)
+
+    def changed(self, key: str, item: Any) -> None:
+        """``item`` (an item of ``key``, the object itself) was changed in place: mark the key
+        changed and, with ``frozen_items``, encode that row again."""
+        self.dirty.add(key)
+        enc = self._encoded.get(key)
+        if enc is None:
+            return
+        rows = self.data.get(key, ())
+        if len(enc) != len(rows):
+            del self._encoded[key]
+            return
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i][1] is item:
+                enc[i] = None
+                return
+        del self._encoded[key]  # not found: encode the whole key again
+
+    def delete(self, key: str) -> None:
+        """Forget ``key`` (a deletion in the changelog if it was there)."""
+        self._encoded.pop(key, None)
+        if self.data.pop(key, None) is not None:
+            self.dirty.add(key)
 
     def load(self, key: str, value: Any) -> None:
         self._encoded.pop(key, None)
         super().load(key, value)
+        rows = self.data.get(key)
+        if rows:
+            self._head(key, rows)
 
     def dump_json(self, key: str) -> bytes | None:
         rows = self.data.get(key)
@@ -222,10 +264,12 @@ class SlidingWindow(_Keyed):
     def evict(self, watermark: int) -> None:
         """Drop items older than ``watermark - size_ms`` (no later event can see them)."""
         horizon = watermark - self.size_ms
-        for key in list(self.data):
-            rows = self.data[key]
-            if rows[0][0] >= horizon:
-                continue
+        heads = self._heads
+        while heads and heads[0][0] < horizon:
+            first, key = heapq.heappop(heads)
+            rows = self.data.get(key)
+            if not rows or rows[0][0] != first:
+                continue  # stale: the key is gone or its oldest row changed (pushed again)
             cut = bisect.bisect_left(rows, horizon, key=lambda r: r[0])
             enc = self._encoded.get(key)
             if cut >= len(rows):
@@ -238,6 +282,7 @@ class SlidingWindow(_Keyed):
                         del enc[:cut]
                     else:
                         del self._encoded[key]
+                heapq.heappush(heads, (rows[0][0], key))
             self.dirty.add(key)
 
 
@@ -293,6 +338,23 @@ class Table(_Keyed):
     def touch(self, key: str) -> None:
         """Mark ``key`` changed (after mutating its value in place)."""
         self.dirty.add(key)
+
+    def changed(self, key: str, item: Any) -> None:
+        """``item`` (an item of ``key``, the object itself) was changed in place: mark the key
+        changed and, with ``frozen_items``, encode that row again."""
+        self.dirty.add(key)
+        enc = self._encoded.get(key)
+        if enc is None:
+            return
+        rows = self.data.get(key, ())
+        if len(enc) != len(rows):
+            del self._encoded[key]
+            return
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i][1] is item:
+                enc[i] = None
+                return
+        del self._encoded[key]  # not found: encode the whole key again
 
     def delete(self, key: str) -> None:
         if self.data.pop(key, None) is not None:

@@ -48,3 +48,19 @@ def test_batched_learning_is_rivers_learning_exactly() -> None:
     batched.flush()
     assert dump_hst(batched.model) == dump_hst(plain)
     assert batched.model.counter == plain.counter
+
+
+def test_cached_dump_gives_the_plain_dumps_bytes() -> None:
+    from streamledger.fraud.model_state import _dump_hst_plain
+
+    model = HalfSpaceTrees(n_trees=4, height=5, window_size=40, seed=3)
+    assert dump_hst(model) == _dump_hst_plain(model)  # no trees yet
+    for i, x in enumerate(_stream(500, seed=5)):
+        model.learn_one(x)
+        if i % 37 == 0:  # before and after pivots: masses change, the layout is kept
+            assert dump_hst(model) == _dump_hst_plain(model)
+        if i == 250:  # a restored model has other node objects: the layout is rebuilt
+            model = load_hst(dump_hst(model))
+            assert dump_hst(model) == _dump_hst_plain(model)
+    model.trees[0].l_mass = 7.5  # a float mass is written as JSON writes it
+    assert dump_hst(model) == _dump_hst_plain(model)

@@ -123,3 +123,65 @@ def test_frozen_items_give_the_same_changelog_bytes():
             for ws in sets:
                 ws.apply(list(sets[0].items()))
     assert list(sets[0].items()) == list(sets[1].items())
+
+
+def _naive_evict(data: dict, size_ms: int, watermark: int) -> set:
+    """Every key scanned: what SlidingWindow.evict did before it kept a heap of key heads."""
+    changed = set()
+    for key in list(data):
+        rows = [r for r in data[key] if r[0] >= watermark - size_ms]
+        if len(rows) != len(data[key]):
+            changed.add(key)
+            if rows:
+                data[key] = rows
+            else:
+                del data[key]
+    return changed
+
+
+def test_evict_visits_exactly_the_keys_a_full_scan_finds():
+    import json
+    import random
+
+    rng = random.Random(4)
+    for frozen in (False, True):
+        w = SlidingWindow(size_ms=500, max_items=40, frozen_items=frozen)
+        ref: dict = {}
+        now = 0
+        for step in range(4_000):
+            now += rng.randint(0, 20)
+            key = f"k{rng.randint(0, 30)}"
+            ts = now - rng.randint(0, 300)  # out of order
+            item = {"n": step}
+            w.add(key, ts, item)
+            rows = ref.setdefault(key, [])
+            rows.append([ts, dict(item)])
+            rows.sort(key=lambda r: r[0])  # stable: equal times keep arrival order
+            horizon = rows[-1][0] - 500
+            ref[key] = [r for r in rows if r[0] >= horizon][-40:]
+            if step % 7 == 0:  # an item changed in place after it was added
+                got = w.items(key)
+                pick = rng.randrange(len(got))
+                got[pick][1]["x"] = step
+                w.changed(key, got[pick][1])
+                ref[key][pick][1]["x"] = step
+            if step % 97 == 0:
+                w.delete(key)
+                ref.pop(key, None)
+            if step % 13 == 0:
+                w.dirty.clear()
+                wm = now - rng.randint(0, 200)
+                w.evict(wm)
+                assert w.dirty == _naive_evict(ref, 500, wm)
+            if step % 50 == 0 or step == 3_999:
+                assert w.data == ref
+                for k in ref:
+                    assert json.loads(w.dump_json(k)) == ref[k]
+                    assert w.dump_json(k) == json.dumps(ref[k], separators=(",", ":")).encode()
+    # a window restored from its changelog evicts the restored keys too
+    w2 = SlidingWindow(size_ms=500, frozen_items=True)
+    for k in w.data:
+        w2.load(k, json.loads(w.dump_json(k)))
+    w.evict(now + 10_000)
+    w2.evict(now + 10_000)
+    assert w2.data == {} and w.data == {}
