@@ -7,13 +7,17 @@
 //! * `build_records`: entry format v1 records and leaf hashes of a batch (entry.build_records).
 //! * `compact_append`: extend an RFC 6962 compact range, listing completed nodes
 //!   (merkle.CompactRange.append, many leaves at once).
-//! * `verify_run`: the verifier's fast path over raw record bytes (verify._fast_run).
+//! * `verify_run`: the verifier's fast path over raw record bytes (verify._fast_run); the
+//!   hashing of a large chunk is spread over the machine's cores (GIL released).
+//! * `unpack_messages`: `(offsets, values)` of a list of confluent-kafka messages (the Kafka
+//!   read-ahead), without a Python object per message.
 //!
 //! On input it cannot handle exactly like the reference (a type other than `bytes`, a field
 //! out of range) a function raises `TypeError` / `ValueError` before changing anything, and the
 //! caller runs the pure-Python code instead, which then says what is wrong.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use sha2::{Digest, Sha256};
@@ -21,7 +25,7 @@ use sha2::{Digest, Sha256};
 type Hash = [u8; 32];
 
 /// Bumped whenever a signature or semantics here changes; `_accel.py` ignores a stale build.
-const ABI: u32 = 1;
+const ABI: u32 = 2;
 const MAX_CONTENT_TYPE: usize = 255;
 const MAX_KEY: usize = 65535;
 
@@ -227,10 +231,80 @@ fn compact_append<'py>(
     Ok((hashes_to_list(py, &range)?, nodes))
 }
 
+/// `(seq, prev_hash, payload_hash, payload_size, header_end)` of a v1 header.
+type Fields<'a> = (u64, &'a [u8], &'a [u8], u64, usize);
+
+/// Below this many bytes a chunk is hashed on the calling thread alone.
+const PARALLEL_BYTES: usize = 1 << 20;
+/// Threads hashing one chunk at most.
+const MAX_THREADS: usize = 8;
+
+/// `(payload intact, leaf hash)` of records whose header parsed (`fields[i]` is Some):
+/// intact means the payload has the committed size and SHA-256. Large inputs are split into
+/// contiguous slices of about equal bytes, one per core; the results do not depend on it.
+fn hash_records(values: &[&[u8]], fields: &[Option<Fields<'_>>]) -> Vec<(bool, Hash)> {
+    let one = |v: &[u8], f: &Option<Fields<'_>>| -> (bool, Hash) {
+        let (_, _, payload_hash, payload_size, end) = f.expect("only parsed records are hashed");
+        let intact =
+            (v.len() - end) as u64 == payload_size && sha256(&v[end..]) == payload_hash;
+        (intact, leaf_hash(&v[..end]))
+    };
+    let serial = |values: &[&[u8]], fields: &[Option<Fields<'_>>], out: &mut [(bool, Hash)]| {
+        for ((v, f), o) in values.iter().zip(fields).zip(out.iter_mut()) {
+            *o = one(v, f);
+        }
+    };
+    let mut out = vec![(false, [0u8; 32]); values.len()];
+    let total: usize = values.iter().map(|v| v.len()).sum();
+    let threads = if total < PARALLEL_BYTES {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(MAX_THREADS)
+            .min(values.len())
+    };
+    if threads <= 1 {
+        serial(values, fields, &mut out);
+        return out;
+    }
+    // Slice boundaries: after the record where the running byte count passes k/threads.
+    let mut bounds = vec![0usize];
+    let mut seen = 0usize;
+    for (i, v) in values.iter().enumerate() {
+        seen += v.len();
+        if bounds.len() < threads && seen * threads >= total * bounds.len() && i + 1 < values.len()
+        {
+            bounds.push(i + 1);
+        }
+    }
+    bounds.push(values.len());
+    std::thread::scope(|scope| {
+        let mut rest: &mut [(bool, Hash)] = &mut out;
+        let mut mine = None;
+        for w in bounds.windows(2) {
+            let (lo, hi) = (w[0], w[1]);
+            let (part, tail) = rest.split_at_mut(hi - lo);
+            rest = tail;
+            let (vs, fs) = (&values[lo..hi], &fields[lo..hi]);
+            if mine.is_none() {
+                mine = Some((vs, fs, part)); // the calling thread takes the first slice
+            } else {
+                scope.spawn(move || serial(vs, fs, part));
+            }
+        }
+        if let Some((vs, fs, part)) = mine {
+            serial(vs, fs, part);
+        }
+    });
+    out
+}
+
 /// The fields of a v1 header that start with `prefix`: `(seq, prev_hash, payload_hash,
 /// payload_size, header_end)`, or None exactly when entry.chain_fields returns None.
 #[inline]
-fn chain_fields<'a>(record: &'a [u8], prefix: &[u8]) -> Option<(u64, &'a [u8], &'a [u8], u64, usize)> {
+fn chain_fields<'a>(record: &'a [u8], prefix: &[u8]) -> Option<Fields<'a>> {
     if !record.starts_with(prefix) {
         return None;
     }
@@ -250,6 +324,9 @@ fn chain_fields<'a>(record: &'a [u8], prefix: &[u8]) -> Option<(u64, &'a [u8], &
 }
 
 fn record_value<'py>(record: &Bound<'py, PyAny>) -> Option<Bound<'py, PyBytes>> {
+    if let Ok(b) = record.downcast::<PyBytes>() {
+        return Some(b.clone()); // a record's value on its own (verify._fast_run's chunks)
+    }
     let value = match record.downcast::<PyTuple>() {
         Ok(t) => t.get_item(1).ok()?,
         Err(_) => record.getattr("value").ok()?,
@@ -260,7 +337,7 @@ fn record_value<'py>(record: &Bound<'py, PyAny>) -> Option<Bound<'py, PyBytes>> 
 /// `verify_run(records, prefix, expected, prev, hashes, size, next_cp)
 ///     -> (accepted, expected, prev, hashes, size)`
 ///
-/// Accepts `records[i]` (StoredRecord tuples; their `value`) while it continues the chain
+/// Accepts `records[i]` (StoredRecord tuples, whose `value` is read, or values as bytes) while it continues the chain
 /// (starts with `prefix`, seq == expected, prev_hash == prev, payload of the committed size
 /// and SHA-256) and `records[i + 1]` exists and links to it (seq + 1, prev_hash == its leaf
 /// hash), pushing each accepted leaf onto the compact range. Stops before the first record
@@ -292,40 +369,44 @@ fn verify_run<'py>(
     let stop_size: Option<u64> = u64::try_from(next_cp).ok().and_then(|n| n.checked_sub(1));
 
     let (accepted, expected, last_leaf, size) = py.allow_threads(|| {
+        // Record i can only be accepted while records 0..=i parse and i + 1 exists, and no
+        // more than the leaves left before the checkpoint size: hash just those (in
+        // parallel), then apply the rule record by record exactly as before.
+        let fields: Vec<Option<Fields<'_>>> = values.iter().map(|v| chain_fields(v, prefix)).collect();
+        let budget = match stop_size {
+            Some(stop) if stop >= size => usize::try_from(stop - size).unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        };
+        let parsed = fields.iter().position(|f| f.is_none()).unwrap_or(fields.len());
+        let lim = values.len().saturating_sub(1).min(budget).min(parsed);
+        let hashed = hash_records(&values[..lim], &fields[..lim]);
+
         let mut expected = expected;
         let mut size = size;
         let mut last_leaf: Option<Hash> = None;
         let mut i = 0usize;
-        let mut fields = values.first().and_then(|v| chain_fields(v, prefix));
-        while i + 1 < values.len() {
+        while i < lim {
             if Some(size) == stop_size {
                 break;
             }
-            let cur = values[i];
-            let Some((seq, prev_hash, payload_hash, payload_size, end)) = fields else {
+            let Some((seq, prev_hash, ..)) = fields[i] else {
                 break;
             };
             let prev_now: &[u8] = match &last_leaf {
                 Some(h) => h,
                 None => prev,
             };
-            if seq != expected
-                || prev_hash != prev_now
-                || (cur.len() - end) as u64 != payload_size
-                || sha256(&cur[end..]) != payload_hash
-            {
+            let (payload_ok, leaf) = hashed[i];
+            if seq != expected || prev_hash != prev_now || !payload_ok {
                 break;
             }
-            let leaf = leaf_hash(&cur[..end]);
-            let nxt = chain_fields(values[i + 1], prefix);
-            match (nxt, expected.checked_add(1)) {
+            match (fields[i + 1], expected.checked_add(1)) {
                 (Some((nseq, nprev, ..)), Some(want)) if nseq == want && nprev == leaf => {}
                 _ => break,
             }
             push_leaf(&mut range, &mut size, leaf, |_, _, _| {});
             expected += 1;
             last_leaf = Some(leaf);
-            fields = nxt;
             i += 1;
         }
         (i, expected, last_leaf, size)
@@ -337,11 +418,36 @@ fn verify_run<'py>(
     Ok((accepted, expected, prev_out, hashes_to_list(py, &range)?, size))
 }
 
+/// `unpack_messages(messages) -> (offsets, values)`: `message.offset()` and
+/// `message.value()` of every message whose value is not None, in order (the Kafka
+/// read-ahead's loop, without building anything per message). Any object with those two
+/// methods will do; an exception from one of them is raised as is.
+#[pyfunction]
+fn unpack_messages<'py>(
+    py: Python<'py>,
+    messages: &Bound<'py, PyList>,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    let value_name = intern!(py, "value");
+    let offset_name = intern!(py, "offset");
+    let mut offsets: Vec<Bound<'py, PyAny>> = Vec::with_capacity(messages.len());
+    let mut values: Vec<Bound<'py, PyAny>> = Vec::with_capacity(messages.len());
+    for message in messages.iter() {
+        let value = message.call_method0(value_name)?;
+        if value.is_none() {
+            continue;
+        }
+        offsets.push(message.call_method0(offset_name)?);
+        values.push(value);
+    }
+    Ok((PyList::new(py, offsets)?, PyList::new(py, values)?))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(build_records, m)?)?;
     m.add_function(wrap_pyfunction!(compact_append, m)?)?;
     m.add_function(wrap_pyfunction!(verify_run, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_messages, m)?)?;
     Ok(())
 }

@@ -15,7 +15,7 @@ import os
 from types import ModuleType
 
 #: The ABI of ``native/src/lib.rs`` this code expects; a stale build is ignored.
-ABI = 1
+ABI = 2
 
 
 def load() -> ModuleType | None:

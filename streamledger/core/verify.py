@@ -203,13 +203,20 @@ def check_checkpoint_note(
 
 class _Records:
     """The records still to verify: those pushed back (``back``, last one next) before the
-    rest of the store's iterator ``it``. Pushing back never nests iterators."""
+    rest of the store's iterator ``it``. Pushing back never nests iterators.
 
-    __slots__ = ("it", "back")
+    ``take_batch`` is the iterator's own ``take_batch(limit) -> (offsets, values)`` if it
+    has one (Kafka's read-ahead): the next records as two lists, without a StoredRecord
+    each, for the native fast path."""
+
+    __slots__ = ("it", "back", "take_batch")
 
     def __init__(self, records: Iterable[StoredRecord]) -> None:
         self.it: Iterator[StoredRecord] = iter(records)
         self.back: list[StoredRecord] = []
+        self.take_batch: Callable[[int], tuple[list[int], list[bytes]]] | None = getattr(
+            self.it, "take_batch", None
+        )
 
     def __iter__(self) -> _Records:
         return self
@@ -554,7 +561,7 @@ class PartitionVerifier:
         expected, prev = self.expected, self.prev_leaf
         accepted = 0
         last_offset = self.prev_offset
-        back, it = source.back, source.it
+        back, it, take_batch = source.back, source.it, source.take_batch
         native = _accel.native
         chunk_size = _CHUNK_MIN
         cur = back.pop() if back else next(it, None)
@@ -564,13 +571,21 @@ class PartitionVerifier:
         try:
             while True:
                 if native is not None and size + 1 != next_cp and expected < _U64_END:
-                    chunk = [cur]
+                    # chunk: StoredRecords (cur, then any pushed back), then, from a source
+                    # with take_batch, bare values whose offsets are in `offsets`
+                    chunk: list[Any] = [cur]
                     if back:
                         take = min(len(back), chunk_size - 1)
                         chunk.extend(reversed(back[-take:]))
                         del back[-take:]
-                    if len(chunk) < chunk_size:
-                        chunk.extend(itertools.islice(it, chunk_size - len(chunk)))
+                    head = len(chunk)
+                    offsets: list[int] = []
+                    if head < chunk_size:
+                        if take_batch is not None:
+                            offsets, values = take_batch(chunk_size - head)
+                            chunk.extend(values)
+                        else:
+                            chunk.extend(itertools.islice(it, chunk_size - head))
                     try:
                         n, expected, prev, hashes, size = native.verify_run(
                             chunk, prefix, expected, prev, tree._hashes, size, next_cp
@@ -578,11 +593,19 @@ class PartitionVerifier:
                     except (TypeError, ValueError, OverflowError):
                         native = None  # state the native code cannot take: Python goes on
                         n = 0
+                    if offsets:  # the records the Python code below may look at
+                        chunk[n:] = [
+                            chunk[i] if i < head else StoredRecord(offsets[i - head], chunk[i])
+                            for i in range(n, len(chunk))
+                        ]
                     if n:
                         tree = self.tree = CompactRange._of(size, hashes)
                         push = tree.push
                         accepted += n
-                        last_offset = chunk[n - 1].offset
+                        i = n - 1
+                        last_offset = (
+                            chunk[i].offset if i < head or not offsets else offsets[i - head]
+                        )
                     last = len(chunk) - 1
                     chunk_size = min(2 * chunk_size, _CHUNK_MAX) if n == last else _CHUNK_MIN
                     cur = chunk[n]

@@ -149,9 +149,7 @@ def test_build_records_odd_items_equal(items) -> None:
 @needs_native
 def test_build_records_seq_overflow_equal() -> None:
     items = [(b"a", b"", "t")] * 3
-    native, pure = _both(
-        lambda: build_records("l", 0, 2**64 - 2, 0, "p", ZERO_HASH, items)
-    )
+    native, pure = _both(lambda: build_records("l", 0, 2**64 - 2, 0, "p", ZERO_HASH, items))
     assert native == pure and native[0].__name__ == "FormatError"
 
 
@@ -283,9 +281,7 @@ def _reports(ledger: Ledger, key, partition: int, *, hints: bool, trusted: bool)
 
 
 @needs_native
-@settings(
-    max_examples=2 * EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@settings(max_examples=2 * EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     size=st.integers(1, 400),
     cadence=st.integers(1, 150),
@@ -350,9 +346,7 @@ def test_verify_run_direct() -> None:
     values = list(records_of(ledger, 0))
     records = [StoredRecord(i, v) for i, v in enumerate(values)]
     prefix = header_prefix("nat", 0)
-    n, expected, prev, hashes, size = NATIVE.verify_run(
-        records, prefix, 0, ZERO_HASH, [], 0, -1
-    )
+    n, expected, prev, hashes, size = NATIVE.verify_run(records, prefix, 0, ZERO_HASH, [], 0, -1)
     assert (n, expected, size) == (49, 49, 49)
     assert prev == decode_record(values[48]).leaf_hash
     tree = CompactRange()
@@ -367,3 +361,162 @@ def test_verify_run_direct() -> None:
     # A value that is not bytes ends what the run can see.
     records[5] = StoredRecord(5, memoryview(values[5]))
     assert NATIVE.verify_run(records, prefix, 0, ZERO_HASH, [], 0, -1)[0] == 4
+
+
+# -- Kafka read-ahead shapes: bare values, take_batch, unpack_messages ----------------------
+
+
+class _BatchSource:
+    """A record source shaped like Kafka's read-ahead: iterating gives StoredRecords,
+    ``take_batch`` the next records of the batch at hand as (offsets, values)."""
+
+    def __init__(self, records: list[StoredRecord], batch: int) -> None:
+        self.batches = [records[i : i + batch] for i in range(0, len(records), batch)]
+        self.pos = 0
+        self.taken = 0
+
+    def __iter__(self):
+        return self
+
+    def _more(self) -> bool:
+        while self.batches and self.pos >= len(self.batches[0]):
+            self.batches.pop(0)
+            self.pos = 0
+        return bool(self.batches)
+
+    def __next__(self) -> StoredRecord:
+        if not self._more():
+            raise StopIteration
+        self.pos += 1
+        return self.batches[0][self.pos - 1]
+
+    def take_batch(self, limit: int) -> tuple[list[int], list[bytes]]:
+        if not self._more():
+            return [], []
+        part = self.batches[0][self.pos : self.pos + limit]
+        self.pos += len(part)
+        self.taken += len(part)
+        return [r.offset for r in part], [r.value for r in part]
+
+
+def _reports_batched(ledger: Ledger, key, partition: int, batch: int, *, hints: bool = True):
+    """Native verification from a take_batch source, and the pure-Python report."""
+    sources = []
+
+    def run():
+        values = records_of(ledger, partition)
+        records = [StoredRecord(1000 + 3 * i, v) for i, v in enumerate(values)]
+        source = _BatchSource(records, batch)
+        sources.append(source)
+        return verify_partition(
+            ledger.name,
+            partition,
+            ledger.config.checkpoint_origin(partition),
+            source,
+            ledger.backend.checkpoints(ledger.name, partition),
+            TrustPolicy((key.verifier,)),
+            ledger._get_node(partition) if hints else None,
+        ).to_json()
+
+    native, pure = _both(run)
+    return native, pure, sources[0].taken
+
+
+@needs_native
+@SETTINGS
+@given(
+    size=st.integers(1, 300),
+    cadence=st.integers(1, 120),
+    batch=st.integers(1, 200),
+    tampers=st.lists(st.sampled_from(TAMPERS), max_size=3),
+    seed=st.integers(0, 2**32),
+    hints=st.booleans(),
+)
+def test_verify_from_take_batch_equal(size, cadence, batch, tampers, seed, hints) -> None:
+    """Bare values from take_batch (offsets beside them) give the pure-Python report, with
+    every finding's offset, on honest and tampered logs."""
+    ledger, key = _build([size, 3], cadence)
+    foreign = records_of(ledger, 1)[1]
+    records = records_of(ledger, 0)
+    rng = random.Random(seed)
+    for kind in tampers:
+        if records:
+            _tamper(records, kind, rng.randrange(len(records)), foreign, rng)
+    native, pure, _ = _reports_batched(ledger, key, 0, batch, hints=hints)
+    assert native == pure
+
+
+@needs_native
+def test_verify_from_take_batch_uses_it() -> None:
+    ledger, key = _build([3000], 1000)
+    native, pure, taken = _reports_batched(ledger, key, 0, 700)
+    assert native == pure and native["ok"] and native["entries_checked"] == 3000
+    assert taken > 2900
+
+
+@needs_native
+@pytest.mark.parametrize("seed", range(4))
+def test_verify_run_parallel_hashing_equal(seed: int) -> None:
+    """Chunks over 1 MiB are hashed on several threads: same result as one record at a
+    time, wherever a payload or header was altered."""
+    rng = random.Random(seed)
+    ledger, _ = memory_ledger("par", partitions=1)
+    ledger.append_many([rng.randbytes(rng.randrange(1, 9000)) for _ in range(600)])
+    values = list(records_of(ledger, 0))
+    prefix = header_prefix("par", 0)
+
+    def one_by_one(vals: list[bytes], next_cp: int) -> int:
+        # the rule, applied with a chunk of two records at a time (below the threshold)
+        expected, prev, hashes, size, n = 0, ZERO_HASH, [], 0, 0
+        while n + 1 < len(vals):
+            k, expected, prev, hashes, size = NATIVE.verify_run(
+                vals[n : n + 2], prefix, expected, prev, hashes, size, next_cp
+            )
+            if k == 0:
+                break
+            n += k
+        return n
+
+    cases = [(list(values), -1), (list(values), 250)]
+    for _ in range(4):
+        vals = list(values)
+        i = rng.randrange(len(vals))
+        v = bytearray(vals[i])
+        v[rng.randrange(len(v))] ^= 1 << rng.randrange(8)
+        vals[i] = bytes(v)
+        cases.append((vals, rng.choice([-1, rng.randrange(1, 600)])))
+    for vals, next_cp in cases:
+        assert sum(len(v) for v in vals) > 2 << 20
+        got = NATIVE.verify_run(vals, prefix, 0, ZERO_HASH, [], 0, next_cp)
+        n = got[0]
+        assert n == one_by_one(vals, next_cp)
+        assert got == NATIVE.verify_run(
+            [StoredRecord(i, v) for i, v in enumerate(vals)], prefix, 0, ZERO_HASH, [], 0, next_cp
+        )
+        tree = CompactRange()
+        for v in vals[:n]:
+            tree.push(decode_record(v).leaf_hash)
+        assert got[3] == tree.hashes() and got[4] == n
+
+
+class _Message:
+    def __init__(self, offset: int, value: object) -> None:
+        self._offset, self._value = offset, value
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> object:
+        if isinstance(self._value, Exception):
+            raise self._value
+        return self._value
+
+
+@needs_native
+def test_unpack_messages() -> None:
+    """The read-ahead's loop: offsets and values of messages with a value, in order."""
+    msgs = [_Message(5, b"a"), _Message(6, None), _Message(8, b""), _Message(2**40, b"z" * 9)]
+    assert NATIVE.unpack_messages(msgs) == ([5, 8, 2**40], [b"a", b"", b"z" * 9])
+    assert NATIVE.unpack_messages([]) == ([], [])
+    with pytest.raises(KeyError):
+        NATIVE.unpack_messages([_Message(1, b"a"), _Message(2, KeyError("x"))])

@@ -58,6 +58,7 @@ from streamledger.backends.kafka._admin import (
     unavailable,
 )
 from streamledger.backends.kafka._cache import CacheUpdate, Frontier, NodeCache
+from streamledger.core import _accel
 from streamledger.core.entry import ZERO_HASH, Entry, StoredRecord, decode_record, header_length
 from streamledger.core.merkle import CompactRange
 from streamledger.errors import (
@@ -954,12 +955,18 @@ class KafkaBackend:
         try:
             consumer = self._consumer()
             for batch in self._fetch(consumer, ledger, partition, low, lso):
-                records = []
-                for m in batch:
-                    value = m.value()
-                    if value is not None:
-                        records.append(StoredRecord(m.offset(), value))
-                if not offer(records):
+                native = _accel.native
+                if native is not None:
+                    unpacked = native.unpack_messages(batch)
+                else:
+                    offsets, values = [], []
+                    for m in batch:
+                        value = m.value()
+                        if value is not None:
+                            offsets.append(m.offset())
+                            values.append(value)
+                    unpacked = (offsets, values)
+                if not offer(unpacked):
                     return
             offer(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
@@ -1218,12 +1225,17 @@ class _CacheGap(StreamledgerError):
 
 class _ReadAhead:
     """Iterator over one partition's records, fetched by a background thread
-    (:meth:`KafkaBackend._scan`). Closing it, or dropping it, stops the thread."""
+    (:meth:`KafkaBackend._scan`). Closing it, or dropping it, stops the thread.
+
+    The thread hands over batches as two lists, offsets and values (no object per record);
+    iterating builds each :class:`StoredRecord` on demand, and :meth:`take_batch` gives the
+    next records as slices of those lists (the verifier's fast path)."""
 
     def __init__(self, backend: KafkaBackend, ledger: str, partition: int, low: int, lso: int):
         self._queue: queue.Queue = queue.Queue(maxsize=_READ_AHEAD)
         self._stop = threading.Event()
-        self._batch: list[StoredRecord] = []
+        self._offsets: list[int] = []
+        self._values: list[bytes] = []
         self._pos = 0
         self._done = False
         self._thread = threading.Thread(
@@ -1237,25 +1249,45 @@ class _ReadAhead:
     def __iter__(self) -> _ReadAhead:
         return self
 
-    def __next__(self) -> StoredRecord:
-        while self._pos >= len(self._batch):
+    def _more(self) -> bool:
+        """Make a batch with records left current; False at the end."""
+        while self._pos >= len(self._values):
             if self._done:
-                raise StopIteration
+                return False
             item = self._queue.get()
             if item is None or isinstance(item, BaseException):
                 self._done = True
                 self._thread.join()
                 if item is None:
-                    raise StopIteration
+                    return False
                 raise item
-            self._batch, self._pos = item, 0
-        record = self._batch[self._pos]
-        self._pos += 1
-        return record
+            (self._offsets, self._values), self._pos = item, 0
+        return True
+
+    def __next__(self) -> StoredRecord:
+        if not self._more():
+            raise StopIteration
+        pos = self._pos
+        self._pos = pos + 1
+        return StoredRecord(self._offsets[pos], self._values[pos])
+
+    def take_batch(self, limit: int) -> tuple[list[int], list[bytes]]:
+        """``(offsets, values)`` of the next records, at most ``limit`` (>= 1) of them, the
+        same ones iterating would give next; only from the batch at hand (waits for one
+        only when none is left), so the caller works while the thread fetches. Empty lists
+        at the end."""
+        if not self._more():
+            return [], []
+        pos, offsets, values = self._pos, self._offsets, self._values
+        end = min(len(values), pos + limit)
+        self._pos = end
+        if pos == 0 and end == len(values):
+            return offsets, values
+        return offsets[pos:end], values[pos:end]
 
     def close(self) -> None:
         self._done = True
-        self._batch = []
+        self._offsets, self._values = [], []
         self._stop.set()
 
     def __del__(self) -> None:
