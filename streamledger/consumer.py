@@ -343,23 +343,32 @@ class VerifiedConsumer:
             self._ack()
             yielded += 1
 
-    def poll(self, timeout: float = 1.0, max_entries: int | None = None) -> list[VerifiedEntry]:
+    def poll(
+        self, timeout: float = 1.0, max_entries: int | None = None, linger: float = 0.0
+    ) -> list[VerifiedEntry]:
         """The verified entries available within ``timeout`` seconds (possibly none).
+
+        With ``linger`` (seconds), once a first entry is here, go on collecting entries for up
+        to that long (or until ``max_entries``) before returning: fewer, larger batches for an
+        application whose cost per batch is high.
 
         Calling ``poll`` again acknowledges the entries it returned before."""
         self._ack()
         out: list[VerifiedEntry] = []
         limit = max_entries or self.batch_size
         deadline = time.monotonic() + timeout
+        until = 0.0  # end of the linger, from the first entry
         while len(out) < limit:
             if not self._buffer:
-                left = deadline - time.monotonic()
-                if out or left <= 0:
+                left = (until if out else deadline) - time.monotonic()
+                if left <= 0:
                     break
                 self._fill(left)
                 continue
             entry = self._process(self._buffer.popleft())
             if entry is not None:
+                if not out:
+                    until = time.monotonic() + linger
                 out.append(entry)
         return out
 

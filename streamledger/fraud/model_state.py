@@ -63,10 +63,13 @@ def dump_hst(model: Any) -> bytes:
         setattr(model, _CACHE_ATTR, layout)
     _, _, features, per_tree = layout
     doc = _header(model, features)
-    num = _num
     parts = []
     for pieces in per_tree:
-        nodes = [pre + num(node.l_mass) + "," + num(node.r_mass) + "]" for node, pre in pieces]
+        if all(type(n.l_mass) is int and type(n.r_mass) is int for n, _ in pieces):
+            # integer masses (always, from river's and BatchedHST's learning): as JSON
+            nodes = [f"{pre}{node.l_mass},{node.r_mass}]" for node, pre in pieces]
+        else:
+            nodes = [pre + _num(n.l_mass) + "," + _num(n.r_mass) + "]" for n, pre in pieces]
         parts.append("[" + ",".join(nodes) + "]")
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     return (text[:-1] + ',"trees":[' + ",".join(parts) + "]}").encode("utf-8")

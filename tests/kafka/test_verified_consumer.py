@@ -348,3 +348,35 @@ def test_save_interval_spaces_out_head_files_and_close_still_saves(
         assert saved == 0
     heads = list(state.rglob("0.json"))
     assert json.loads(heads[0].read_text())["seq"] == 10  # close() saved
+
+
+def test_poll_with_linger_collects_entries_that_arrive_after_the_first(
+    kafka_bootstrap, tmp_path, key, trust
+):
+    import threading
+
+    ledger = _ledger(kafka_bootstrap, tmp_path, key, partitions=1)
+    ledger.append_many([AppendItem(f"a-{i}".encode()) for i in range(5)])
+    with _consumer(kafka_bootstrap, ledger, trust, tmp_path / "c") as c:
+        first = c.poll(15)
+        assert [e.payload for e in first] == [f"a-{i}".encode() for i in range(5)]
+        ledger.append_many([AppendItem(f"b-{i}".encode()) for i in range(3)])
+        later = threading.Timer(
+            0.5, lambda: ledger.append_many([AppendItem(f"c-{i}".encode()) for i in range(4)])
+        )
+        # without a linger, poll returns what has arrived: b only
+        without = []
+        while len(without) < 3:
+            without += c.poll(15, linger=0)
+        assert [e.payload for e in without] == [f"b-{i}".encode() for i in range(3)]
+        ledger.append_many([AppendItem(f"d-{i}".encode()) for i in range(2)])
+        later.start()
+        # with one, it waits for the entries written half a second after the first arrived
+        got = c.poll(15, max_entries=6, linger=30)
+        later.join()
+        assert [e.payload for e in got] == [
+            *(f"d-{i}".encode() for i in range(2)),
+            *(f"c-{i}".encode() for i in range(4)),
+        ]
+        assert [e.seq for e in got] == list(range(8, 14))
+        assert c.findings == []
