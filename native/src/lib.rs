@@ -238,10 +238,12 @@ type Fields<'a> = (u64, &'a [u8], &'a [u8], u64, usize);
 const PARALLEL_BYTES: usize = 1 << 20;
 /// Threads hashing one chunk at most.
 const MAX_THREADS: usize = 8;
+/// Bytes of records per unit of work handed to a hashing thread.
+const BLOCK_BYTES: usize = 256 << 10;
 
 /// `(payload intact, leaf hash)` of records whose header parsed (`fields[i]` is Some):
-/// intact means the payload has the committed size and SHA-256. Large inputs are split into
-/// contiguous slices of about equal bytes, one per core; the results do not depend on it.
+/// intact means the payload has the committed size and SHA-256. Large inputs are hashed by
+/// one thread per core; the results do not depend on how the work is shared.
 fn hash_records(values: &[&[u8]], fields: &[Option<Fields<'_>>]) -> Vec<(bool, Hash)> {
     let one = |v: &[u8], f: &Option<Fields<'_>>| -> (bool, Hash) {
         let (_, _, payload_hash, payload_size, end) = f.expect("only parsed records are hashed");
@@ -259,44 +261,34 @@ fn hash_records(values: &[&[u8]], fields: &[Option<Fields<'_>>]) -> Vec<(bool, H
     let threads = if total < PARALLEL_BYTES {
         1
     } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(MAX_THREADS)
-            .min(values.len())
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores = *CORES.get_or_init(|| {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        });
+        cores.min(MAX_THREADS).min(values.len())
     };
     if threads <= 1 {
         serial(values, fields, &mut out);
         return out;
     }
-    // Slice boundaries: after the record where the running byte count passes k/threads.
-    let mut bounds = vec![0usize];
-    let mut seen = 0usize;
-    for (i, v) in values.iter().enumerate() {
-        seen += v.len();
-        if bounds.len() < threads && seen * threads >= total * bounds.len() && i + 1 < values.len()
-        {
-            bounds.push(i + 1);
+    // Blocks of about BLOCK_BYTES handed out one at a time to whichever thread is free (the
+    // caller's included): a helper that the OS does not run holds up one block, not half.
+    let per_block = (BLOCK_BYTES * values.len() / total).max(1);
+    let blocks = std::sync::Mutex::new(
+        values.chunks(per_block).zip(fields.chunks(per_block)).zip(out.chunks_mut(per_block)),
+    );
+    let work = || loop {
+        let next = blocks.lock().map(|mut it| it.next());
+        match next {
+            Ok(Some(((vs, fs), part))) => serial(vs, fs, part),
+            _ => break,
         }
-    }
-    bounds.push(values.len());
+    };
     std::thread::scope(|scope| {
-        let mut rest: &mut [(bool, Hash)] = &mut out;
-        let mut mine = None;
-        for w in bounds.windows(2) {
-            let (lo, hi) = (w[0], w[1]);
-            let (part, tail) = rest.split_at_mut(hi - lo);
-            rest = tail;
-            let (vs, fs) = (&values[lo..hi], &fields[lo..hi]);
-            if mine.is_none() {
-                mine = Some((vs, fs, part)); // the calling thread takes the first slice
-            } else {
-                scope.spawn(move || serial(vs, fs, part));
-            }
+        for _ in 1..threads {
+            scope.spawn(work);
         }
-        if let Some((vs, fs, part)) = mine {
-            serial(vs, fs, part);
-        }
+        work();
     });
     out
 }

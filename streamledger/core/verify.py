@@ -232,6 +232,9 @@ class _Records:
 #: Records per native verification call: starts small after a finding, doubles while honest.
 _CHUNK_MIN = 64
 _CHUNK_MAX = 4096
+#: ... from a source with take_batch: its batches bound the bytes, fewer calls mean fewer
+#: waits for the GIL (the read-ahead thread holds it while it unpacks a batch)
+_CHUNK_MAX_BATCHED = 16384
 _U64_END = 1 << 64
 
 
@@ -564,6 +567,7 @@ class PartitionVerifier:
         back, it, take_batch = source.back, source.it, source.take_batch
         native = _accel.native
         chunk_size = _CHUNK_MIN
+        chunk_max = _CHUNK_MAX if take_batch is None else _CHUNK_MAX_BATCHED
         cur = back.pop() if back else next(it, None)
         handover: list[StoredRecord] = []
         if cur is None:
@@ -607,7 +611,7 @@ class PartitionVerifier:
                             chunk[i].offset if i < head or not offsets else offsets[i - head]
                         )
                     last = len(chunk) - 1
-                    chunk_size = min(2 * chunk_size, _CHUNK_MAX) if n == last else _CHUNK_MIN
+                    chunk_size = min(2 * chunk_size, chunk_max) if n == last else _CHUNK_MIN
                     cur = chunk[n]
                     if n < last:
                         back.extend(reversed(chunk[n + 1 :]))
