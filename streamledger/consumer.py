@@ -53,7 +53,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streamledger._files import write_atomic
 from streamledger.backends.base import LedgerConfig
 from streamledger.backends.kafka import HISTORY_SUFFIX as _HISTORY_SUFFIX
-from streamledger.core.entry import ZERO_HASH, EntryHeader, decode_record
+from streamledger.core import _accel
+from streamledger.core.entry import ZERO_HASH, EntryHeader, decode_record, header_prefix
 from streamledger.core.merkle import CompactRange, range_nodes
 from streamledger.core.verify import Finding, TrustPolicy, check_checkpoint_note
 from streamledger.errors import (
@@ -74,6 +75,7 @@ log.addHandler(logging.NullHandler())
 QUARANTINE_SUFFIX = ".quarantine"
 STATE_FORMAT = "streamledger-consumer-head/1"
 _RECENT = 1024  # leaf hashes of the newest entries kept to tell duplicates from forgeries
+_RUN_MIN = 3  # buffered records of one partition worth checking together natively
 _SECURITY_PREFIXES = ("security.", "sasl.", "ssl.", "oauthbearer", "client.", "socket.")
 
 
@@ -365,6 +367,14 @@ class VerifiedConsumer:
                     break
                 self._fill(left)
                 continue
+            if len(self._buffer) >= _RUN_MIN and _accel.native is not None:
+                n = len(out)
+                if self._run(out, limit - n) and not n:
+                    until = time.monotonic() + linger
+                if len(out) > n or not self._buffer:
+                    continue
+                if len(out) >= limit:
+                    break
             entry = self._process(self._buffer.popleft())
             if entry is not None:
                 if not out:
@@ -861,6 +871,105 @@ class VerifiedConsumer:
             kind = "inserted"  # provisional: if the chain goes on through it, see above
             st.suspect = _Suspect(h.seq, offset, leaf)
         return self._skip(st, m, kind, min(h.seq, expected), detail)
+
+    def _run(self, out: list[VerifiedEntry], limit: int) -> bool:
+        """Verify a run of buffered records of one partition at once with the native
+        accelerator, under exactly :meth:`_process`'s rules for records that pass: each one
+        decodes, names this ledger and partition, has the next seq, links to the previous
+        leaf, carries its payload of the committed size and SHA-256, and is followed by a
+        record that links to it. The run stops before anything else (a record that fails, the
+        last buffered record, a signed checkpoint's size, a replay window that would fill up);
+        what it did not accept stays in the buffer for :meth:`_process`. Appends the entries
+        to deliver to ``out``; True if any."""
+        native = _accel.native
+        buf = self._buffer
+        first = buf[0]
+        p = first.partition()
+        st = self._parts.get(p)
+        if (
+            native is None
+            or st is None
+            or st.stopped is not None
+            or st.suspect is not None
+            or first.offset() < st.next_offset
+        ):
+            return False
+        msgs: list[Message] = []
+        entries = []
+        last = st.next_offset - 1
+        for m in buf:
+            if len(msgs) > limit or m.partition() != p:
+                break
+            value = m.value()
+            offset = m.offset()
+            if value is None or offset <= last:
+                break
+            try:
+                entry = decode_record(value)
+            except FormatError:
+                break
+            if not msgs and (
+                entry.header.seq != st.seq
+                or entry.header.prev_hash != st.prev_leaf
+                or entry.payload is None
+                or not entry.payload_matches()
+            ):
+                return False  # the first record needs the careful path: decode no further
+            msgs.append(m)
+            entries.append(entry)
+            last = offset
+        if len(msgs) < 2:
+            return False
+        if self.trust is not None and len(st.leaves) + len(msgs) > self.max_unchecked_leaves:
+            return False  # the replay window restarts inside this run: one at a time
+        size = st.tree.size
+        next_cp = min((n for n in st.pending if n > size), default=-1)
+        try:
+            n, seq, prev, hashes, new_size = native.verify_run(
+                [(None, m.value()) for m in msgs],
+                header_prefix(self.ledger, p),
+                st.seq,
+                st.prev_leaf,
+                st.tree.hashes(),
+                size,
+                next_cp,
+            )
+        except (TypeError, ValueError, OverflowError):
+            return False
+        if not n:
+            return False
+        self._mark(st)
+        st.tree = CompactRange._of(new_size, hashes)
+        # the leaf of each accepted entry is the prev_hash of the one after it (checked)
+        leaves = [e.header.prev_hash for e in entries[1 : n + 1]]
+        offsets = [m.offset() for m in msgs[:n]]
+        first_seq = st.seq
+        st.seq, st.prev_leaf = seq, prev
+        st.last_offset = offsets[-1]
+        st.next_offset = offsets[-1] + 1
+        st.dirty = True
+        recent = st.recent
+        for i in range(max(0, n - _RECENT), n):
+            recent[first_seq + i] = leaves[i]
+        while len(recent) > _RECENT:
+            recent.popitem(last=False)
+        if self.trust is not None:
+            st.leaves += leaves
+            st.offsets += offsets
+        for _ in range(n):
+            buf.popleft()
+        skip = st.skip_below
+        ledger = self.ledger
+        before = len(out)
+        for i in range(n):
+            if offsets[i] >= skip:
+                e = entries[i]
+                out.append(
+                    VerifiedEntry(
+                        ledger, p, first_seq + i, offsets[i], e.header, e.payload, leaves[i]
+                    )
+                )
+        return len(out) > before
 
     def _skip(self, st: _Partition, m: Message, kind: str, seq: int | None, detail: str) -> None:
         self._found(st, kind, seq, m.offset(), detail, m.value(), False)
