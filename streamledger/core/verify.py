@@ -234,7 +234,7 @@ _CHUNK_MIN = 64
 _CHUNK_MAX = 4096
 #: ... from a source with take_batch: its batches bound the bytes, fewer calls mean fewer
 #: waits for the GIL (the read-ahead thread holds it while it unpacks a batch)
-_CHUNK_MAX_BATCHED = 16384
+_CHUNK_MAX_BATCHED = 65536
 _U64_END = 1 << 64
 
 
@@ -566,8 +566,9 @@ class PartitionVerifier:
         last_offset = self.prev_offset
         back, it, take_batch = source.back, source.it, source.take_batch
         native = _accel.native
-        chunk_size = _CHUNK_MIN
+        # a take_batch source hands over what it has fetched: no need to start small
         chunk_max = _CHUNK_MAX if take_batch is None else _CHUNK_MAX_BATCHED
+        chunk_size = _CHUNK_MIN if take_batch is None else chunk_max
         cur = back.pop() if back else next(it, None)
         handover: list[StoredRecord] = []
         if cur is None:

@@ -37,7 +37,13 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamledger.backends.base import AppendBatch, LedgerConfig, PartitionHead, check_document_kind
+from streamledger.backends.base import (
+    AppendBatch,
+    LedgerConfig,
+    NodeId,
+    PartitionHead,
+    check_document_kind,
+)
 from streamledger.backends.kafka._admin import (
     DEFAULT_TRANSACTIONAL_ID,
     FENCED_CODES,
@@ -285,7 +291,10 @@ class KafkaBackend:
     ) -> Iterator[list[Message]]:
         deadline = time.monotonic() + self.timeout
         position = start
-        count = _FETCH_BATCH
+        # The record size is unknown until the first batch: ask for few records first (the
+        # broker's first answer may hold fewer than _FETCH_BATCH large records, and consume()
+        # would then wait its whole timeout for the rest).
+        count = _FETCH_MIN
         while True:
             # consume() waits its whole timeout unless `count` records are queued: ask for
             # about _BATCH_BYTES worth, so large records come back as soon as they are here
@@ -1084,6 +1093,25 @@ class KafkaBackend:
             )
         return h
 
+    def get_nodes(self, ledger: str, partition: int, ids: Iterable[NodeId]) -> dict[NodeId, bytes]:
+        """Several nodes from the node cache in one query; if some are not there yet, the
+        cache follows the topic once and the rest are looked up again (as get_node does)."""
+        wanted = list(dict.fromkeys(ids))
+        cache = self._cache(ledger)
+        found = cache.get_nodes(partition, wanted)
+        if len(found) < len(wanted):
+            self._check_partition(ledger, partition)
+            front = self._sync(ledger, partition)
+            found.update(cache.get_nodes(partition, [n for n in wanted if n not in found]))
+            for level, index in wanted:
+                if (level, index) not in found:
+                    raise BackendUnavailable(
+                        f"ledger {ledger!r} partition {partition}: Merkle node level {level} "
+                        f"index {index} is not in the node cache {cache.path} (log size "
+                        f"{front.size})"
+                    )
+        return found
+
     # -- checkpoints -------------------------------------------------------------------
     def add_checkpoint(self, ledger: str, partition: int, tree_size: int, note: str) -> None:
         self._check_partition(ledger, partition)
@@ -1238,6 +1266,7 @@ class _ReadAhead:
         self._values: list[bytes] = []
         self._pos = 0
         self._done = False
+        self._error: BaseException | None = None  # the thread's, raised after its records
         self._thread = threading.Thread(
             target=backend._read_ahead,
             args=(ledger, partition, low, lso, self._queue, self._stop),
@@ -1249,18 +1278,24 @@ class _ReadAhead:
     def __iter__(self) -> _ReadAhead:
         return self
 
-    def _more(self) -> bool:
-        """Make a batch with records left current; False at the end."""
+    def _more(self, wait: bool = True) -> bool:
+        """Make a batch with records left current; False at the end (or, unless ``wait``,
+        when no batch is ready yet). The thread's exception is raised by a waiting call."""
         while self._pos >= len(self._values):
             if self._done:
+                if self._error is not None and wait:
+                    error, self._error = self._error, None
+                    raise error
                 return False
-            item = self._queue.get()
+            try:
+                item = self._queue.get(block=wait)
+            except queue.Empty:
+                return False
             if item is None or isinstance(item, BaseException):
                 self._done = True
                 self._thread.join()
-                if item is None:
-                    return False
-                raise item
+                self._error = item
+                continue
             (self._offsets, self._values), self._pos = item, 0
         return True
 
@@ -1273,17 +1308,28 @@ class _ReadAhead:
 
     def take_batch(self, limit: int) -> tuple[list[int], list[bytes]]:
         """``(offsets, values)`` of the next records, at most ``limit`` (>= 1) of them, the
-        same ones iterating would give next; only from the batch at hand (waits for one
-        only when none is left), so the caller works while the thread fetches. Empty lists
-        at the end."""
-        if not self._more():
-            return [], []
-        pos, offsets, values = self._pos, self._offsets, self._values
-        end = min(len(values), pos + limit)
-        self._pos = end
-        if pos == 0 and end == len(values):
-            return offsets, values
-        return offsets[pos:end], values[pos:end]
+        same ones iterating would give next: the rest of the batch at hand and the batches
+        already fetched (waits for one only when none is ready), so the caller works while
+        the thread fetches. Empty lists at the end."""
+        parts: list[tuple[list[int], list[bytes]]] = []
+        count = 0
+        while count < limit and self._more(wait=not parts):
+            pos, offsets, values = self._pos, self._offsets, self._values
+            end = min(len(values), pos + limit - count)
+            self._pos = end
+            if pos == 0 and end == len(values):
+                parts.append((offsets, values))
+            else:
+                parts.append((offsets[pos:end], values[pos:end]))
+            count += end - pos
+        if len(parts) == 1:
+            return parts[0]
+        all_offsets: list[int] = []
+        all_values: list[bytes] = []
+        for offsets, values in parts:
+            all_offsets += offsets
+            all_values += values
+        return all_offsets, all_values
 
     def close(self) -> None:
         self._done = True
