@@ -11,7 +11,10 @@ inclusion proof of the last entry verifies offline against a signed checkpoint o
 
 from __future__ import annotations
 
+import gc
+import os
 import random
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +29,8 @@ from streamledger.ledger import Ledger
 LEDGER = "proofs"
 #: Entries per append batch while building (one SQLite transaction each).
 BUILD_BATCH = 50_000
+#: getrusage of the calling thread only (Linux); the whole process elsewhere.
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 #: Payload of every entry; its size hardly matters for proofs (they read headers and nodes).
 PAYLOAD = b"p" * 32
 
@@ -33,6 +38,33 @@ PAYLOAD = b"p" * 32
 def _pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _disturbances() -> tuple[int, int, int]:
+    """This thread's involuntary and voluntary context switches and the collections the
+    garbage collector has run so far."""
+    usage = resource.getrusage(_RUSAGE_THREAD)
+    return usage.ru_nivcsw, usage.ru_nvcsw, sum(g["collections"] for g in gc.get_stats())
+
+
+def _since(before: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(b - a for a, b in zip(before, _disturbances(), strict=True))  # type: ignore[return-value]
+
+
+def _tail(samples: list[float], why: list[tuple[int, int, int]]) -> dict[str, Any]:
+    """Where the slowest 1% of ``samples`` (ms) went: how many of them were preempted,
+    blocked or ran a collection, and the p99 of the proofs that were none of these."""
+    cut = _pct(samples, 0.99)
+    slow = [w for s, w in zip(samples, why, strict=True) if s >= cut]
+    quiet = [s for s, w in zip(samples, why, strict=True) if not any(w)]
+    return {
+        "slowest": len(slow),
+        "preempted": sum(1 for w in slow if w[0]),
+        "blocked": sum(1 for w in slow if w[1]),
+        "collected": sum(1 for w in slow if w[2]),
+        "undisturbed_share": round(len(quiet) / len(samples), 4),
+        "undisturbed_p99_ms": _pct(quiet, 0.99) if quiet else None,
+    }
 
 
 def _complete(directory: Path, size: int) -> bool:
@@ -105,21 +137,33 @@ def proof_latency(
         # CPU time of this thread too: on a shared machine the wall-clock tail is mostly
         # time spent descheduled, the CPU-time tail is what a proof itself costs.
         inclusion_cpu, consistency_cpu = [], []
+        # And what happened to the thread during each proof (read outside the timed span):
+        # involuntary context switches (preempted: another process had the core), voluntary
+        # ones (blocked: a page read from disk, a lock) and garbage collections, so the JSON
+        # says where a slow proof's time went.
+        inclusion_why: list[tuple[int, int, int]] = []
+        consistency_why: list[tuple[int, int, int]] = []
         clock, cpu = time.perf_counter, time.thread_time
+        load_before = os.getloadavg()
         for i in range(samples):
             seq = rng.randrange(size)
+            before = _disturbances()
             started, cpu_started = clock(), cpu()
             proof = ledger.prove_inclusion(0, seq)
             inclusion.append((clock() - started) * 1000)
             inclusion_cpu.append((cpu() - cpu_started) * 1000)
+            inclusion_why.append(_since(before))
             old = rng.randrange(1, size)
+            before = _disturbances()
             started, cpu_started = clock(), cpu()
             cproof = ledger.prove_consistency(0, old, size)
             consistency.append((clock() - started) * 1000)
             consistency_cpu.append((cpu() - cpu_started) * 1000)
+            consistency_why.append(_since(before))
             if i < 20:  # the proofs are real: a few are checked offline (not timed)
                 proof.verify([vkey])
                 cproof.verify([vkey])
+        load_after = os.getloadavg()
     finally:
         backend.close()
     return {
@@ -137,4 +181,7 @@ def proof_latency(
         "inclusion_cpu_p99_ms": _pct(inclusion_cpu, 0.99),
         "consistency_cpu_p50_ms": _pct(consistency_cpu, 0.5),
         "consistency_cpu_p99_ms": _pct(consistency_cpu, 0.99),
+        "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
+        "inclusion_tail": _tail(inclusion, inclusion_why),
+        "consistency_tail": _tail(consistency, consistency_why),
     }

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, Node
+from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, Node, get_nodes
 from streamledger.core.bundle import WitnessAlert, cosignature_index, merge_cosignatures
 from streamledger.core.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from streamledger.core.entry import (
@@ -38,13 +38,20 @@ from streamledger.core.entry import (
 )
 from streamledger.core.merkle import (
     CompactRange,
+    NodeGetter,
     consistency_proof,
     inclusion_proof,
     root_hash,
 )
 from streamledger.core.note import NoteSignature, SigningKey, VerifierKey
 from streamledger.core.partitioner import partition_for_key
-from streamledger.core.proof import ConsistencyProof, InclusionProof
+from streamledger.core.proof import (
+    ConsistencyProof,
+    InclusionProof,
+    consistency_node_ids,
+    inclusion_node_ids,
+    node_getter,
+)
 from streamledger.core.verify import (
     Finding,
     PartitionReport,
@@ -65,6 +72,8 @@ if TYPE_CHECKING:
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _MAX_RETRIES = 5
+#: Verified checkpoint notes a Ledger remembers (see Ledger._checked_note).
+_VERIFIED_NOTES = 64
 
 
 class AppendItem(NamedTuple):
@@ -156,6 +165,10 @@ class Ledger:
         self._writers: dict[int, _PartitionWriter] = {}
         self._lock = threading.RLock()
         self._round_robin = itertools.count()
+        self._default_trust: TrustPolicy | None = None
+        #: (note, origin, trust) -> checkpoint, for notes that verified (see _checked_note).
+        self._verified_notes: dict[tuple[str, str, TrustPolicy], Checkpoint] = {}
+        self._verified_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Ledger({self.name!r}, partitions={self.partitions})"
@@ -471,28 +484,52 @@ class Ledger:
         """Trust the verifier key recorded at ``init`` (a convenience, not an audit)."""
         if not self.config.log_vkey:
             return None
-        return TrustPolicy((VerifierKey.parse(self.config.log_vkey),))
+        if self._default_trust is None:  # self.config is fixed for this object
+            self._default_trust = TrustPolicy((VerifierKey.parse(self.config.log_vkey),))
+        return self._default_trust
 
-    def _latest_trusted(self, partition: int, trust: TrustPolicy | None, min_size: int) -> str:
+    def _latest_trusted_checkpoint(
+        self, partition: int, trust: TrustPolicy | None, min_size: int
+    ) -> tuple[str, Checkpoint]:
+        """The latest checkpoint note that verifies under ``trust`` (default: the key recorded
+        at init) and the checkpoint it signs, if it covers ``min_size`` entries."""
         trust = trust or self.default_trust()
         origin = self.config.checkpoint_origin(partition)
         notes = self.checkpoint_notes(partition, trust.witness_keys if trust else None)
         for note in reversed(notes):
             try:
                 cp = (
-                    check_checkpoint_note(note, origin, trust)
+                    self._checked_note(note, origin, trust)
                     if trust
                     else Checkpoint.parse(note.split("\n\n", 1)[0] + "\n")
                 )
             except Exception:  # noqa: BLE001 - an unusable note is simply not a candidate
                 continue
             if cp.tree_size >= min_size:
-                return note
+                return note, cp
             break
         raise ProofError(
             f"no signed checkpoint of {self.name!r} partition {partition} covers "
             f"{min_size} entries yet: run 'streamledger checkpoint {self.name}' first"
         )
+
+    def _checked_note(self, note: str, origin: str, trust: TrustPolicy) -> Checkpoint:
+        """``check_checkpoint_note(note, origin, trust)``, remembered for notes that passed.
+
+        The outcome is a pure function of the note's exact text, the origin and the trust
+        policy (keys compare by name, type and key bytes), so a note already verified under
+        the same policy is not verified again: each proof would otherwise re-check the same
+        Ed25519 signature. Only successes are kept, a bounded number of them; a note that
+        failed is checked again every time."""
+        key = (note, origin, trust)
+        cp = self._verified_notes.get(key)
+        if cp is None:
+            cp = check_checkpoint_note(note, origin, trust)
+            with self._verified_lock:
+                if len(self._verified_notes) >= _VERIFIED_NOTES:
+                    self._verified_notes.pop(next(iter(self._verified_notes)))
+                self._verified_notes[key] = cp
+        return cp
 
     # -- witnesses ---------------------------------------------------------------------
     def _documents(self, kind: str) -> list[tuple[str, bytes]]:
@@ -604,18 +641,28 @@ class Ledger:
             )
 
     # -- proofs ------------------------------------------------------------------------
+    def _proof_nodes(self, partition: int, ids: list[tuple[int, int]]) -> NodeGetter:
+        """Every node of ``ids`` fetched from the backend in one batch (one query on SQLite
+        and the Kafka node cache), as a getter for the proof builders."""
+        found = get_nodes(self.backend, self.name, partition, ids)
+        return node_getter(found, self._get_node(partition))
+
+    def _entry_record(self, partition: int, seq: int) -> bytes | None:
+        with contextlib.closing(iter(self.backend.read(self.name, partition, seq, seq + 1))) as it:
+            record = next(it, None)
+        return None if record is None else record.value
+
     def prove_inclusion(
         self, partition: int, seq: int, *, trust: TrustPolicy | None = None
     ) -> InclusionProof:
         """Inclusion proof of entry ``seq`` against the latest signed checkpoint covering it."""
         self._check_partition(partition)
-        note = self._latest_trusted(partition, trust, seq + 1)
-        cp = Checkpoint.parse(note.split("\n\n", 1)[0] + "\n")
-        get_node = self._get_node(partition)
-        records = list(self.backend.read(self.name, partition, seq, seq + 1))
-        if not records:
+        note, cp = self._latest_trusted_checkpoint(partition, trust, seq + 1)
+        record = self._entry_record(partition, seq)
+        if record is None:
             raise ProofError(f"{self.name!r} partition {partition} has no entry seq {seq}")
-        entry = decode_record(records[0].value)
+        entry = decode_record(record)
+        get_node = self._proof_nodes(partition, inclusion_node_ids(seq, cp.tree_size))
         return InclusionProof(
             ledger=self.name,
             partition=partition,
@@ -642,9 +689,14 @@ class Ledger:
             )
         if old_size > new:
             raise ProofError(f"old size {old_size} is larger than new size {new}")
-        get_node = self._get_node(partition)
+        get_node = self._proof_nodes(partition, consistency_node_ids(old_size, new))
+        # Only notes whose text holds the size as a line can be checkpoints of that size (the
+        # size is the second line of the body): parse those, not every note of the partition.
+        wanted = {old_size: f"\n{old_size}\n", new: f"\n{new}\n"}
         by_size = {}
         for note in self.backend.checkpoints(self.name, partition):
+            if not any(line in note for line in wanted.values()):
+                continue
             try:
                 by_size[Checkpoint.parse(note.split("\n\n", 1)[0] + "\n").tree_size] = note
             except FormatError:

@@ -12,7 +12,7 @@ Backends: :mod:`.memory` (tests), :mod:`.sqlite` (embedded default), :mod:`.kafk
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +23,8 @@ DOCUMENT_KIND_RE = r"^[a-z][a-z0-9-]{0,30}$"
 
 #: (level, index, hash) of a perfect subtree of the Merkle tree, level 0 = leaf hashes.
 Node = tuple[int, int, bytes]
+#: (level, index) of a perfect subtree: where a :data:`Node` sits.
+NodeId = tuple[int, int]
 
 DEFAULT_ORIGIN = "streamledger.local"
 
@@ -142,6 +144,16 @@ class Backend(Protocol):
 
     def get_node(self, ledger: str, partition: int, level: int, index: int) -> bytes: ...
 
+    def get_nodes(self, ledger: str, partition: int, ids: Iterable[NodeId]) -> dict[NodeId, bytes]:
+        """The hashes of several nodes at once: ``(level, index) -> hash`` for every id.
+
+        A proof needs a few dozen nodes; a backend answers them in one round trip (one
+        query) where it can. Raises ``BackendUnavailable`` if one is missing, as
+        :meth:`get_node` does. This default asks :meth:`get_node` for each (a backend class
+        that subclasses :class:`Backend` inherits it; :func:`get_nodes` serves one that
+        does not define the method at all)."""
+        return get_nodes_one_by_one(self, ledger, partition, ids)
+
     def add_checkpoint(self, ledger: str, partition: int, tree_size: int, note: str) -> None: ...
 
     def checkpoints(self, ledger: str, partition: int) -> list[str]:
@@ -159,3 +171,24 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def get_nodes_one_by_one(
+    backend: Backend, ledger: str, partition: int, ids: Iterable[NodeId]
+) -> dict[NodeId, bytes]:
+    """:meth:`Backend.get_nodes` through one :meth:`Backend.get_node` call per distinct id."""
+    return {
+        (level, index): backend.get_node(ledger, partition, level, index)
+        for level, index in dict.fromkeys(ids)
+    }
+
+
+def get_nodes(
+    backend: Backend, ledger: str, partition: int, ids: Iterable[NodeId]
+) -> dict[NodeId, bytes]:
+    """``backend.get_nodes(...)``, or the one-by-one default for a backend written before
+    the method existed (the protocol is structural: such a backend need not subclass it)."""
+    batch = getattr(backend, "get_nodes", None)
+    if batch is None:
+        return get_nodes_one_by_one(backend, ledger, partition, ids)
+    return batch(ledger, partition, ids)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from streamledger.backends.base import (
     AppendBatch,
     LedgerConfig,
+    NodeId,
     PartitionHead,
     check_document_kind,
 )
@@ -102,6 +103,18 @@ class MemoryBackend:
             raise BackendUnavailable(
                 f"Merkle node level {level} index {index} missing for {ledger!r}/{partition}"
             ) from None
+
+    def get_nodes(self, ledger: str, partition: int, ids: Iterable[NodeId]) -> dict[NodeId, bytes]:
+        nodes = self._part(ledger, partition).nodes
+        found: dict[NodeId, bytes] = {}
+        for level, index in ids:
+            try:
+                found[(level, index)] = nodes[(level, index)]
+            except KeyError:
+                raise BackendUnavailable(
+                    f"Merkle node level {level} index {index} missing for {ledger!r}/{partition}"
+                ) from None
+        return found
 
     def add_checkpoint(self, ledger: str, partition: int, tree_size: int, note: str) -> None:
         self._part(ledger, partition).checkpoints.append(note)

@@ -12,12 +12,21 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamledger.core.checkpoint import verify_checkpoint
 from streamledger.core.entry import decode_record
-from streamledger.core.merkle import verify_consistency, verify_inclusion
+from streamledger.core.merkle import (
+    NodeGetter,
+    consistency_proof,
+    inclusion_proof,
+    range_nodes,
+    root_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from streamledger.core.note import VerifierKey
 from streamledger.errors import FormatError, StreamledgerError, VerificationError
 
@@ -53,6 +62,62 @@ def _path(data: dict[str, Any]) -> list[bytes]:
     if not isinstance(proof, list):
         raise FormatError("proof field 'proof' must be a list of hex hashes")
     return [_unhex(h, f"proof[{i}]") for i, h in enumerate(proof)]
+
+
+# -- the nodes a proof reads, known before reading any ---------------------------------------
+# Which subtrees a proof needs depends only on the tree sizes and the leaf index, never on
+# the hashes, so a store can be asked for all of them at once (one query instead of one per
+# node). The sets are taken from the proof builders of :mod:`~streamledger.core.merkle`
+# themselves, run once over placeholder hashes: there is no second copy of the RFC 9162 path
+# logic here that could drift from the one that builds the proof.
+
+NodeId = tuple[int, int]
+_PLACEHOLDER = bytes(32)
+
+
+def _recorded(build: Callable[[NodeGetter], object]) -> list[NodeId]:
+    ids: dict[NodeId, None] = {}
+
+    def record(level: int, index: int) -> bytes:
+        ids[(level, index)] = None
+        return _PLACEHOLDER
+
+    build(record)
+    return list(ids)
+
+
+def root_node_ids(tree_size: int) -> list[NodeId]:
+    """The ``(level, index)`` nodes :func:`~streamledger.core.merkle.root_hash` reads."""
+    return range_nodes(0, tree_size) if tree_size > 0 else []
+
+
+def inclusion_node_ids(index: int, tree_size: int) -> list[NodeId]:
+    """The distinct nodes :func:`~streamledger.core.merkle.inclusion_proof` reads for leaf
+    ``index`` in the tree of ``tree_size`` leaves (ProofError for an index out of range)."""
+    return _recorded(lambda get: inclusion_proof(index, tree_size, get))
+
+
+def consistency_node_ids(old_size: int, new_size: int) -> list[NodeId]:
+    """The distinct nodes a full consistency answer reads: both roots and the proof between
+    them (ProofError unless ``0 <= old_size <= new_size``)."""
+
+    def build(get: NodeGetter) -> None:
+        consistency_proof(old_size, new_size, get)
+        root_hash(old_size, get)
+        root_hash(new_size, get)
+
+    return _recorded(build)
+
+
+def node_getter(found: Mapping[NodeId, bytes], fallback: NodeGetter) -> NodeGetter:
+    """A getter answering from ``found`` (fetched in one batch), and from ``fallback`` for a
+    node the batch did not hold (a store that answered partially, or a caller's mistake)."""
+
+    def get(level: int, index: int) -> bytes:
+        h = found.get((level, index))
+        return fallback(level, index) if h is None else h
+
+    return get
 
 
 def _origin_suffix(ledger: str, partition: int) -> str:

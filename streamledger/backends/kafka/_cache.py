@@ -19,16 +19,20 @@ verifier only uses it as a hint for *where* a signed root broke, never to decide
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamledger.backends.base import Node
+from streamledger.backends.base import Node, NodeId
 from streamledger.core.entry import HASH_SIZE
 from streamledger.errors import BackendUnavailable
 
 SCHEMA_VERSION = "2"
+#: Nodes per batched lookup statement (2 bound values each, well under SQLite's limit).
+_NODES_PER_QUERY = 200
 _CHECKPOINT_BYTES = 4 << 20  # about what SQLite's default autocheckpoint (1,000 pages) holds
 
 _SCHEMA = """
@@ -114,6 +118,21 @@ def node_runs(nodes: list[Node]) -> list[tuple[int, int, bytes]]:
     return runs
 
 
+@functools.lru_cache(maxsize=_NODES_PER_QUERY)
+def _select_nodes(count: int) -> str:
+    """Lookup of ``count`` nodes (bind ``level, index`` of each, then the partition): the
+    latest run of the node's level starting at or before it, sliced to the node's hash (an
+    empty or short slice when the run ends before it: not cached)."""
+    values = ",".join(["(?,?)"] * count)
+    return (
+        f"WITH wanted(level, idx) AS (VALUES {values}), p(partition) AS (VALUES (?)) "
+        "SELECT w.level, w.idx, (SELECT substr(r.hashes, (w.idx - r.first_idx) * "
+        f"{HASH_SIZE} + 1, {HASH_SIZE}) FROM node_runs AS r WHERE r.partition=p.partition "
+        "AND r.level=w.level AND r.first_idx<=w.idx ORDER BY r.first_idx DESC LIMIT 1) "
+        "FROM wanted AS w CROSS JOIN p"
+    )
+
+
 class NodeCache:
     """One ledger's cache file. Thread-safe (one connection behind a lock)."""
 
@@ -180,6 +199,21 @@ class NodeCache:
         if pos + HASH_SIZE > len(hashes):
             return None
         return bytes(hashes[pos : pos + HASH_SIZE])
+
+    def get_nodes(self, partition: int, ids: Iterable[NodeId]) -> dict[NodeId, bytes]:
+        """The nodes of ``ids`` the cache holds (absent ones are left out), in one statement
+        per 200 nodes: for each, the run that starts at or before it is found by the primary
+        key and only its 32 bytes are returned (not the whole run)."""
+        wanted = list(dict.fromkeys((int(level), int(index)) for level, index in ids))
+        found: dict[NodeId, bytes] = {}
+        for at in range(0, len(wanted), _NODES_PER_QUERY):
+            chunk = wanted[at : at + _NODES_PER_QUERY]
+            args = [v for node in chunk for v in node]
+            args.append(partition)
+            for level, index, digest in self._run(_select_nodes(len(chunk)), tuple(args)):
+                if digest is not None and len(digest) == HASH_SIZE:
+                    found[(level, index)] = bytes(digest)
+        return found
 
     def offset_of(self, partition: int, seq: int) -> int | None:
         rows = self._run(
