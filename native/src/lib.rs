@@ -2,8 +2,7 @@
 //!
 //! The pure-Python code in `streamledger/core` is the reference; every function here gives
 //! byte-identical results (checked by `tests/core/test_native.py`) and is only called through
-//! `streamledger/core/_accel.py`. Hashing is SHA-256 from the RustCrypto `sha2` crate, and in
-//! `verify_run` two records at a time with the x86 SHA extensions (`sha2x.rs`).
+//! `streamledger/core/_accel.py`. Hashing is SHA-256 from the RustCrypto `sha2` crate.
 //!
 //! * `build_records`: entry format v1 records and leaf hashes of a batch (entry.build_records).
 //! * `compact_append`: extend an RFC 6962 compact range, listing completed nodes
@@ -22,9 +21,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use sha2::{Digest, Sha256};
-
-mod sha2x;
-use sha2x::Msg;
 
 type Hash = [u8; 32];
 
@@ -255,27 +251,9 @@ fn hash_records(values: &[&[u8]], fields: &[Option<Fields<'_>>]) -> Vec<(bool, H
             (v.len() - end) as u64 == payload_size && sha256(&v[end..]) == payload_hash;
         (intact, leaf_hash(&v[..end]))
     };
-    // Two records at a time: their payloads, then their headers, hashed side by side.
     let serial = |values: &[&[u8]], fields: &[Option<Fields<'_>>], out: &mut [(bool, Hash)]| {
-        let mut i = 0;
-        while i + 1 < values.len() {
-            let (va, vb) = (values[i], values[i + 1]);
-            let fa = fields[i].expect("only parsed records are hashed");
-            let fb = fields[i + 1].expect("only parsed records are hashed");
-            let (pa, pb) = sha2x::digest2(
-                Msg { prefix: &[], data: &va[fa.4..] },
-                Msg { prefix: &[], data: &vb[fb.4..] },
-            );
-            let (la, lb) = sha2x::digest2(
-                Msg { prefix: &[0], data: &va[..fa.4] },
-                Msg { prefix: &[0], data: &vb[..fb.4] },
-            );
-            out[i] = ((va.len() - fa.4) as u64 == fa.3 && fa.2 == &pa[..], la);
-            out[i + 1] = ((vb.len() - fb.4) as u64 == fb.3 && fb.2 == &pb[..], lb);
-            i += 2;
-        }
-        if i < values.len() {
-            out[i] = one(values[i], &fields[i]);
+        for ((v, f), o) in values.iter().zip(fields).zip(out.iter_mut()) {
+            *o = one(v, f);
         }
     };
     let mut out = vec![(false, [0u8; 32]); values.len()];
