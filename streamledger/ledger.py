@@ -749,7 +749,7 @@ class Ledger:
                 # fetches it while this one is verified
                 opened[wanted[i + 1]] = self.backend.scan(self.name, wanted[i + 1])
             if progress is not None:
-                records = _counting(records, partition, progress)
+                records = _Counting(records, partition, progress)
             notes = self.checkpoint_notes(
                 partition, trust.witness_keys if trust else None, index=index
             )
@@ -911,10 +911,51 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _counting(records: Iterable[Any], partition: int, progress: Callable[[int, int], None]):
-    count = 0
-    for count, record in enumerate(records, 1):
-        if count % 10_000 == 0:
-            progress(partition, count)
-        yield record
-    progress(partition, count)
+class _Counting:
+    """The records of a scan, calling ``progress(partition, count)`` each time the count
+    passes a multiple of 10,000, and once at the end. A scan's ``take_batch`` (Kafka's
+    read-ahead: the verifier's fast path) is passed through, counted the same way."""
+
+    def __init__(
+        self, records: Iterable[Any], partition: int, progress: Callable[[int, int], None]
+    ) -> None:
+        self._it = iter(records)
+        self._partition = partition
+        self._progress = progress
+        self._count = 0
+        self._ended = False
+        self._take = getattr(self._it, "take_batch", None)
+        if self._take is not None:
+            self.take_batch = self._take_batch
+
+    def __iter__(self) -> _Counting:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            record = next(self._it)
+        except StopIteration:
+            self._end()
+            raise
+        self._add(1)
+        return record
+
+    def _take_batch(self, limit: int) -> tuple[list[int], list[bytes]]:
+        assert self._take is not None
+        offsets, values = self._take(limit)
+        if values:
+            self._add(len(values))
+        else:
+            self._end()
+        return offsets, values
+
+    def _add(self, n: int) -> None:
+        before = self._count
+        self._count += n
+        if self._count // 10_000 > before // 10_000:
+            self._progress(self._partition, self._count)
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._progress(self._partition, self._count)

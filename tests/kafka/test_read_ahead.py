@@ -92,3 +92,31 @@ def test_an_error_of_the_thread_comes_after_the_records_before_it() -> None:
     with pytest.raises(RuntimeError, match="broker gone"):
         reader.take_batch(100)
     assert next(reader, None) is None
+
+
+def test_verify_progress_keeps_the_fast_path_and_counts_every_record() -> None:
+    """Ledger.verify's progress wrapper passes take_batch through and counts what it takes."""
+    from streamledger.ledger import _Counting
+
+    items, records = _batches([9_000, 4_000, 8_000])
+    backend = _Backend([*items, None])
+    backend.release.set()
+    calls: list[tuple[int, int]] = []
+    counting = _Counting(
+        _ReadAhead(backend, "l", 0, 0, 0),  # type: ignore[arg-type]
+        7,
+        lambda p, n: calls.append((p, n)),
+    )
+    assert iter(counting) is counting and callable(counting.take_batch)
+    got = [next(counting)]
+    while True:
+        offsets, values = counting.take_batch(5_000)
+        if not values:
+            break
+        got += [StoredRecord(o, v) for o, v in zip(offsets, values, strict=True)]
+    assert got == records
+    assert [n // 10_000 for _, n in calls] == [1, 2, 2] and calls[-1] == (7, 21_000)
+    assert next(counting, None) is None and calls[-1] == (7, 21_000) and len(calls) == 3
+    plain = _Counting(iter(records[:25]), 1, lambda p, n: calls.append((p, n)))
+    assert not hasattr(plain, "take_batch")
+    assert list(plain) == records[:25] and calls[-1] == (1, 25)
