@@ -926,7 +926,7 @@ class VerifiedConsumer:
         next_cp = min((n for n in st.pending if n > size), default=-1)
         try:
             n, seq, prev, hashes, new_size = native.verify_run(
-                [(None, m.value()) for m in msgs],
+                [m.value() for m in msgs],
                 header_prefix(self.ledger, p),
                 st.seq,
                 st.prev_leaf,
