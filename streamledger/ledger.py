@@ -228,6 +228,15 @@ class Ledger:
             for item in items
         ]
 
+    def _plain_targets(self, count: int, partition: int | None) -> list[int]:
+        """:meth:`_targets` of ``count`` items without keys (round-robin unless given)."""
+        if partition is not None:
+            return [partition] * count
+        partitions = self.partitions
+        if partitions == 1:
+            return [0] * count
+        return [n % partitions for n in itertools.islice(self._round_robin, count)]
+
     def choose_partition(self, key: bytes | None) -> int:
         """Kafka's default partitioner for keyed entries; round-robin without a key."""
         if key is None:
@@ -315,17 +324,28 @@ class Ledger:
 
     def _stage(
         self,
-        items: Sequence[AppendItem],
+        items: Sequence[AppendItem] | Sequence[bytes],
         targets: Sequence[int],
         heads: dict[int, tuple[int, bytes, CompactRange]],
+        *,
+        plain: bool = False,
     ) -> _Staged:
-        """Build the records and Merkle nodes of a batch on ``heads`` (updated in place)."""
+        """Build the records and Merkle nodes of a batch on ``heads`` (updated in place).
+
+        ``plain``: ``items`` are payload bytes (no key, default content type, no subject):
+        the hot path of ``append_stream`` and ``append_many``, with no AppendItem per item."""
         timestamp = self._clock()
-        by_partition: dict[int, list[int]] = {}
-        for index, part in enumerate(targets):
-            by_partition.setdefault(part, []).append(index)
+        first_target = targets[0] if targets else 0
+        by_partition: dict[int, Sequence[int]]
+        if targets.count(first_target) == len(targets):  # one partition: no grouping
+            by_partition = {first_target: range(len(targets))} if targets else {}
+        else:
+            groups: dict[int, list[int]] = {}
+            for index, part in enumerate(targets):
+                groups.setdefault(part, []).append(index)
+            by_partition = dict(groups)
         batches: dict[int, AppendBatch] = {}
-        placed: list[tuple[int, int, bytes]] = [(0, 0, b"")] * len(items)
+        leaves_of: dict[int, list[bytes]] = {}
         for part, indexes in by_partition.items():
             head = heads.get(part)
             if head is None:
@@ -333,19 +353,27 @@ class Ledger:
                 head = (writer.size, writer.prev_leaf, writer.tree)
             first, prev, tree = head
             tree = tree.copy()
-            fields = [
-                (
-                    items[i].payload,
-                    items[i].key or b"",
-                    items[i].content_type or DEFAULT_CONTENT_TYPE,
-                )
-                for i in indexes
-            ]
+            keys: list[bytes | None]
+            if plain:
+                payloads = items if isinstance(indexes, range) else [items[i] for i in indexes]
+                fields = [(payload, b"", DEFAULT_CONTENT_TYPE) for payload in payloads]
+                keys = [None] * len(fields)
+                subjects: list[str | None] = [None] * len(fields)
+            else:
+                appends: Sequence[AppendItem] = items  # type: ignore[assignment]
+                fields = [
+                    (
+                        appends[i].payload,
+                        appends[i].key or b"",
+                        appends[i].content_type or DEFAULT_CONTENT_TYPE,
+                    )
+                    for i in indexes
+                ]
+                keys = [appends[i].key for i in indexes]
+                subjects = [appends[i].subject for i in indexes]
             if self.encryption is not None:
-                fields = self.encryption.encrypt_batch(
-                    part, first, fields, [items[i].subject for i in indexes]
-                )
-            elif any(items[i].subject is not None for i in indexes):
+                fields = self.encryption.encrypt_batch(part, first, fields, subjects)
+            elif not plain and any(subject is not None for subject in subjects):
                 raise ConfigError(
                     f"ledger {self.name!r} is opened without encryption: a subject needs it"
                 )
@@ -353,11 +381,10 @@ class Ledger:
                 self.name, part, first, timestamp, self.producer, prev, fields
             )
             nodes: list[Node] = tree.append_many(leaves)
-            batches[part] = AppendBatch(first, records, [items[i].key for i in indexes], nodes)
-            for offset, (i, leaf) in enumerate(zip(indexes, leaves, strict=True)):
-                placed[i] = (part, first + offset, leaf)
+            batches[part] = AppendBatch(first, records, keys, nodes)
+            leaves_of[part] = leaves
             heads[part] = (first + len(records), leaves[-1], tree)
-        return _Staged(batches, placed, {p: heads[p] for p in batches})
+        return _Staged(batches, by_partition, leaves_of, {p: heads[p] for p in batches})
 
     def _commit(
         self,
@@ -383,10 +410,15 @@ class Ledger:
             writer.size, writer.prev_leaf, writer.tree = size, prev, tree
         if not receipts:
             return []
-        return [
-            Receipt(self.name, part, seq, leaf, offsets[part][seq - staged.batches[part].first_seq])
-            for part, seq, leaf in staged.placed
-        ]
+        out: list[Receipt] = [None] * staged.count  # type: ignore[list-item]
+        name = self.name
+        for part, indexes in staged.order.items():
+            first = staged.batches[part].first_seq
+            for k, (i, leaf, offset) in enumerate(
+                zip(indexes, staged.leaves[part], offsets[part], strict=True)
+            ):
+                out[i] = Receipt(name, part, first + k, leaf, offset)
+        return out
 
     def append_stream(
         self,
@@ -409,9 +441,13 @@ class Ledger:
             heads = self._writers_view()
             in_flight: Future[list[Receipt]] | None = None
             for chunk in _chunks(items, batch_size):
-                normalized = [_normalize(item) for item in chunk]
-                targets = self._targets(normalized, partition)
-                staged = self._stage(normalized, targets, heads)
+                if all(type(item) is bytes for item in chunk):  # plain payloads
+                    targets = self._plain_targets(len(chunk), partition)
+                    staged = self._stage(chunk, targets, heads, plain=True)
+                else:
+                    normalized = [_normalize(item) for item in chunk]
+                    targets = self._targets(normalized, partition)
+                    staged = self._stage(normalized, targets, heads)
                 if in_flight is not None:
                     yield from in_flight.result()
                 in_flight = pool.submit(self._commit, staged)
@@ -885,11 +921,18 @@ def append_atomically(
 
 @dataclass(frozen=True)
 class _Staged:
-    """A built batch: per-partition backend batches, where each item landed, the new heads."""
+    """A built batch: per-partition backend batches, which input items went to each
+    partition (in order: the k-th of them got seq ``first_seq + k``) and their leaf hashes,
+    and the new heads."""
 
     batches: dict[int, AppendBatch]
-    placed: list[tuple[int, int, bytes]]
+    order: dict[int, Sequence[int]]
+    leaves: dict[int, list[bytes]]
     heads: dict[int, tuple[int, bytes, CompactRange]]
+
+    @property
+    def count(self) -> int:
+        return sum(len(indexes) for indexes in self.order.values())
 
 
 def _normalize(item: bytes | AppendItem) -> AppendItem:
