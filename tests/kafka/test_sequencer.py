@@ -425,6 +425,10 @@ def test_an_aborted_transaction_leaves_nothing(kafka_bootstrap, tmp_path, key, m
         if calls["n"] == 2:
             from confluent_kafka import KafkaException
 
+            # The records reach the broker first (then the abort leaves them in the log,
+            # invisible); unflushed ones would just be purged by the abort.
+            assert producer.flush(30) == 0
+
             raise KafkaException(
                 KafkaError(KafkaError._TIMED_OUT, "injected failure", txn_requires_abort=True)
             )
