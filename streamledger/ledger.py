@@ -15,9 +15,11 @@ batch on the new head and retries.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import multiprocessing
+import operator
 import socket
 import threading
 import time
@@ -87,7 +89,7 @@ class AppendItem(NamedTuple):
     subject: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Receipt:
     """Where an appended entry landed."""
 
@@ -235,7 +237,12 @@ class Ledger:
         partitions = self.partitions
         if partitions == 1:
             return [0] * count
-        return [n % partitions for n in itertools.islice(self._round_robin, count)]
+        if count < 1:
+            return []
+        # the next ``count`` numbers of the counter, mod ``partitions``, with C-level loops
+        start = next(self._round_robin)
+        _drain(itertools.islice(self._round_robin, count - 1))
+        return list(map(operator.mod, range(start, start + count), itertools.repeat(partitions)))
 
     def choose_partition(self, key: bytes | None) -> int:
         """Kafka's default partitioner for keyed entries; round-robin without a key."""
@@ -340,10 +347,7 @@ class Ledger:
         if targets.count(first_target) == len(targets):  # one partition: no grouping
             by_partition = {first_target: range(len(targets))} if targets else {}
         else:
-            groups: dict[int, list[int]] = {}
-            for index, part in enumerate(targets):
-                groups.setdefault(part, []).append(index)
-            by_partition = dict(groups)
+            by_partition = _round_robin_groups(targets) or _groups(targets)
         batches: dict[int, AppendBatch] = {}
         leaves_of: dict[int, list[bytes]] = {}
         for part, indexes in by_partition.items():
@@ -355,7 +359,12 @@ class Ledger:
             tree = tree.copy()
             keys: list[bytes | None]
             if plain:
-                payloads = items if isinstance(indexes, range) else [items[i] for i in indexes]
+                if indexes == range(len(items)):
+                    payloads = items
+                elif isinstance(indexes, range):  # every step-th item (round-robin)
+                    payloads = list(items[indexes.start : indexes.stop : indexes.step])
+                else:
+                    payloads = [items[i] for i in indexes]
                 fields = [(payload, b"", DEFAULT_CONTENT_TYPE) for payload in payloads]
                 keys = [None] * len(fields)
                 subjects: list[str | None] = [None] * len(fields)
@@ -386,6 +395,10 @@ class Ledger:
             heads[part] = (first + len(records), leaves[-1], tree)
         return _Staged(batches, by_partition, leaves_of, {p: heads[p] for p in batches})
 
+    def _store(self, staged: _Staged) -> Mapping[int, list[int]]:
+        """Hand a staged batch to the backend; its offsets (see :meth:`_advance`)."""
+        return self.backend.append(self.name, staged.batches)
+
     def _commit(
         self,
         staged: _Staged,
@@ -410,14 +423,17 @@ class Ledger:
             writer.size, writer.prev_leaf, writer.tree = size, prev, tree
         if not receipts:
             return []
+        name, order = self.name, staged.order
+        if len(order) == 1:
+            ((part, indexes),) = order.items()
+            if isinstance(indexes, range):  # one partition, in input order
+                first = staged.batches[part].first_seq
+                return _receipts(name, part, first, staged.leaves[part], offsets[part])
         out: list[Receipt] = [None] * staged.count  # type: ignore[list-item]
-        name = self.name
-        for part, indexes in staged.order.items():
+        for part, indexes in order.items():
             first = staged.batches[part].first_seq
-            for k, (i, leaf, offset) in enumerate(
-                zip(indexes, staged.leaves[part], offsets[part], strict=True)
-            ):
-                out[i] = Receipt(name, part, first + k, leaf, offset)
+            built = _receipts(name, part, first, staged.leaves[part], offsets[part])
+            _drain(map(out.__setitem__, indexes, built))
         return out
 
     def append_stream(
@@ -439,9 +455,11 @@ class Ledger:
             self._check_partition(partition)
         with self._lock, ThreadPoolExecutor(1, thread_name_prefix="streamledger-append") as pool:
             heads = self._writers_view()
-            in_flight: Future[list[Receipt]] | None = None
+            # the pool thread only stores a batch; this one gives its receipts (and moves
+            # the heads) while the pool stores the next, so receipts overlap the commit
+            in_flight: tuple[_Staged, Future[Mapping[int, list[int]]]] | None = None
             for chunk in _chunks(items, batch_size):
-                if all(type(item) is bytes for item in chunk):  # plain payloads
+                if set(map(type, chunk)) == {bytes}:  # plain payloads (exactly bytes)
                     targets = self._plain_targets(len(chunk), partition)
                     staged = self._stage(chunk, targets, heads, plain=True)
                 else:
@@ -449,10 +467,10 @@ class Ledger:
                     targets = self._targets(normalized, partition)
                     staged = self._stage(normalized, targets, heads)
                 if in_flight is not None:
-                    yield from in_flight.result()
-                in_flight = pool.submit(self._commit, staged)
+                    yield from self._advance(in_flight[0], in_flight[1].result())
+                in_flight = staged, pool.submit(self._store, staged)
             if in_flight is not None:
-                yield from in_flight.result()
+                yield from self._advance(in_flight[0], in_flight[1].result())
 
     # -- reading -----------------------------------------------------------------------
     def size(self, partition: int) -> int:
@@ -933,6 +951,55 @@ class _Staged:
     @property
     def count(self) -> int:
         return sum(len(indexes) for indexes in self.order.values())
+
+
+_drain = collections.deque(maxlen=0).extend  # run an iterator for its side effects
+
+
+def _groups(targets: Sequence[int]) -> dict[int, Sequence[int]]:
+    """partition -> the indexes of ``targets`` naming it, in order (partitions in order of
+    first appearance)."""
+    groups: dict[int, list[int]] = {}
+    for index, part in enumerate(targets):
+        groups.setdefault(part, []).append(index)
+    return dict(groups)
+
+
+def _round_robin_groups(targets: Sequence[int]) -> dict[int, Sequence[int]] | None:
+    """:func:`_groups` as ranges when ``targets`` repeats its first ``period`` (distinct)
+    partitions (round-robin), checked with C-level compares; None otherwise."""
+    n = len(targets)
+    period = len(set(targets))
+    head = list(targets[:period])
+    if len(set(head)) != period or list(targets) != (head * (n // period + 1))[:n]:
+        return None
+    return {part: range(j, n, period) for j, part in enumerate(head)}
+
+
+def _receipts(
+    ledger: str, partition: int, first_seq: int, leaves: Sequence[bytes], offsets: Sequence[int]
+) -> list[Receipt]:
+    """The receipts of seqs ``first_seq, first_seq+1, ...`` of one partition, equal to
+    ``[Receipt(ledger, partition, first_seq + k, leaves[k], offsets[k]) ...]`` but built
+    field by field with C-level loops (the slots' setters; the dataclass ``__init__`` of a
+    frozen class costs about 0.4 us more per receipt)."""
+    n = len(leaves)
+    if len(offsets) != n:
+        raise ValueError(f"{n} leaves but {len(offsets)} offsets")
+    out: list[Receipt] = list(map(object.__new__, itertools.repeat(Receipt, n)))
+    _drain(map(_SET_LEDGER, out, itertools.repeat(ledger, n)))
+    _drain(map(_SET_PARTITION, out, itertools.repeat(partition, n)))
+    _drain(map(_SET_SEQ, out, range(first_seq, first_seq + n)))
+    _drain(map(_SET_LEAF, out, leaves))
+    _drain(map(_SET_OFFSET, out, offsets))
+    return out
+
+
+_SET_LEDGER = Receipt.ledger.__set__  # type: ignore[attr-defined]
+_SET_PARTITION = Receipt.partition.__set__  # type: ignore[attr-defined]
+_SET_SEQ = Receipt.seq.__set__  # type: ignore[attr-defined]
+_SET_LEAF = Receipt.leaf_hash.__set__  # type: ignore[attr-defined]
+_SET_OFFSET = Receipt.offset.__set__  # type: ignore[attr-defined]
 
 
 def _normalize(item: bytes | AppendItem) -> AppendItem:

@@ -24,13 +24,16 @@ SQLite cache per ledger (:mod:`._cache`), rebuilt from the topic when missing or
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import operator
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,33 @@ _GROUP_FENCED_CODES = frozenset(
 ExtraRecord = tuple[
     str, "int | None", "bytes | None", "bytes | None", "list[tuple[str, bytes]] | None"
 ]
+
+
+def _produce_all(
+    produce: Callable[..., None],
+    poll: Callable[[float], Any],
+    topic: str,
+    partition: int,
+    records: Sequence[bytes],
+    keys: Sequence[bytes | None],
+    start: int,
+    end: int,
+) -> None:
+    """``produce(topic, records[i], keys[i], partition)`` for ``i`` in ``start..end-1``, in
+    order, without delivery reports; on a full queue (BufferError), poll and go on from the
+    record that did not fit."""
+    while start < end:
+        values = iter(records[start:end])
+        try:
+            _drain(map(produce, repeat(topic), values, keys[start:end], repeat(partition)))
+            return
+        except BufferError:
+            # map took the failed record from ``values`` before calling produce with it
+            start = end - operator.length_hint(values) - 1
+            poll(0.05)
+
+
+_drain = collections.deque(maxlen=0).extend
 
 
 def _leaf_of(record: bytes) -> bytes:
@@ -797,17 +827,18 @@ class KafkaBackend:
                     last = len(records) - 1
                     if len(keys) != len(records):
                         raise ValueError("an AppendBatch needs one key (or None) per record")
-                    for i, record in enumerate(records):
-                        cb = reporter(topic, partition, i) if i == 0 or i == last else None
+                    # the first and last record with a report, the middle with one C-level
+                    # loop (map) calling produce, as a plain produce loop would
+                    for i in (0, last) if last else (0,):
+                        cb = reporter(topic, partition, i)
                         while True:
                             try:
-                                if cb is None:
-                                    produce(topic, record, keys[i], partition)
-                                else:
-                                    produce(topic, record, keys[i], partition, on_delivery=cb)
+                                produce(topic, records[i], keys[i], partition, on_delivery=cb)
                                 break
                             except BufferError:
                                 poll(0.05)
+                        if i == 0 and last > 1:
+                            _produce_all(produce, poll, topic, partition, records, keys, 1, last)
             extra_records, consumer_offsets, group_metadata = extras
             for topic, partition, key, value, headers in extra_records:
                 while True:

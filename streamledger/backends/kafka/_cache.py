@@ -88,6 +88,11 @@ def segments_of(first_seq: int, offsets: list[int]) -> list[tuple[int, int, int]
     runs: list[tuple[int, int, int]] = []
     if not offsets:
         return runs
+    start = offsets[0]
+    if offsets[-1] - start == len(offsets) - 1 and offsets == list(
+        range(start, start + len(offsets))
+    ):  # the usual case, one run (compared in C, no loop here)
+        return [(first_seq, start, len(offsets))]
     run_seq, run_off, count = first_seq, offsets[0], 1
     for i in range(1, len(offsets)):
         if offsets[i] == run_off + count:
