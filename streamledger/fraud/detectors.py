@@ -704,8 +704,14 @@ class Detectors:
         ]
 
     def _price_minutes(self, asset: str, ts: int, price: float | None) -> dict[str, list[float]]:
-        """Per asset, min and max trade price per minute over the pump window (this trade's
-        price included)."""
+        """Per asset, min and max trade price per minute (this trade's price included); read
+        through :meth:`_window_minutes`.
+
+        A trade looks at the minutes up to its own minute only: a stored day replayed through
+        Kafka is scored one partition's run after another, events of different partitions up
+        to hours out of event-time order, and a top in this trade's future is not "the top
+        it sold after". The minutes kept reach back the window before the watermark, so a
+        trade scored behind newer ones still sees its whole window."""
         t = self.t[PUMP_AND_DUMP]
         table = self.state["prices"]
         minutes = table.get(asset)
@@ -718,11 +724,16 @@ class Detectors:
             minutes[key] = (
                 [price, price] if lo_hi is None else [min(lo_hi[0], price), max(lo_hi[1], price)]
             )
-            oldest = (ts - t["window_ms"]) // 60_000
-            for k in [k for k in minutes if int(k) < oldest]:
-                del minutes[k]
+            self._prune_minutes(minutes, t["window_ms"])
             table.touch(asset)
         return minutes
+
+    def _window_minutes(self, asset: str, ts: int) -> dict[str, list[float]]:
+        """The minutes of :meth:`_price_minutes` in the pump window ending at ``ts``'s minute."""
+        minutes = self.state["prices"].get(asset) or {}
+        minute = ts // 60_000
+        oldest = (ts - self.t[PUMP_AND_DUMP]["window_ms"]) // 60_000
+        return {k: v for k, v in minutes.items() if oldest <= int(k) <= minute}
 
     def _pump(self, event: Event, item: dict[str, Any]) -> list[Detection]:
         """A price run-up then a dump, with several customers who bought into the rise and
@@ -738,8 +749,11 @@ class Detectors:
             held.delete(key)
         else:
             held.add(key, event.ts_ms, item)
-        minutes = self._price_minutes(event.asset or "", event.ts_ms, event.price_usd)
-        if event.side != SELL or not minutes or maker:
+        self._price_minutes(event.asset or "", event.ts_ms, event.price_usd)
+        if event.side != SELL or maker:
+            return []
+        minutes = self._window_minutes(event.asset or "", event.ts_ms)
+        if not minutes:
             return []
         peak_min, (_, hi) = max(minutes.items(), key=lambda kv: (kv[1][1], -int(kv[0])))
         peak = int(peak_min) * 60_000
@@ -784,15 +798,60 @@ class Detectors:
         ]
 
     def _market_price_dev(self, event: Event) -> float | None:
-        """How far an order's price is from the asset's latest trade price (when that trade
-        is at most ``market_minutes`` old); None without a recent trade."""
-        last = self.state["ref"].get(f"{event.asset}|last")
-        if not last or not event.price_usd:
+        """How far an order's price is from the asset's latest trade price at or before the
+        order (when that trade is at most ``market_minutes`` older); None without one.
+
+        "Latest" in event time, not the latest trade scored: a replay through Kafka scores
+        the partitions up to hours out of order, and an order compared with a trade of its future
+        (after a pump's dump, say) looks far off the market."""
+        if not event.price_usd:
+            return None
+        refs = self.state["ref"]
+        last = None
+        recent = refs.get(f"{event.asset}|trades")
+        if recent:
+            minute = event.ts_ms // 60_000
+            for k, pt in recent.items():
+                if int(k) <= minute and pt[1] <= event.ts_ms and (last is None or pt[1] > last[1]):
+                    last = pt
+        else:  # state of an earlier version: the latest trade scored
+            old = refs.get(f"{event.asset}|last")
+            if old and old[1] <= event.ts_ms:
+                last = old
+        if not last:
             return None
         price, ts = last
         if event.ts_ms - ts > self.t[ANOMALY]["market_minutes"] * 60_000 or price <= 0:
             return None
         return abs(event.price_usd / price - 1)
+
+    def _note_trade(self, asset: str, price: float, ts: int) -> None:
+        """Remember ``[price, ts]`` of the asset's latest trade per minute, over the last
+        ``market_minutes`` before the watermark."""
+        refs = self.state["ref"]
+        key = f"{asset}|trades"
+        recent = refs.get(key)
+        if recent is None:
+            recent = {}
+            refs.set(key, recent)
+            refs.delete(f"{asset}|last")  # an earlier version's single latest trade
+        minute = str(ts // 60_000)
+        cur = recent.get(minute)
+        if cur is None or ts >= cur[1]:
+            recent[minute] = [price, ts]
+        self._prune_minutes(recent, self.t[ANOMALY]["market_minutes"] * 60_000)
+        refs.touch(key)
+
+    def _prune_minutes(self, minutes: dict[str, Any], span_ms: int) -> None:
+        """Drop the minutes no event still to come can look back to: those older than
+        ``span_ms`` before the watermark (no event older than it is scored). Not relative to
+        the newest event: a partition read ahead would drop what one behind still needs."""
+        wm = self.state.watermark.value
+        if wm is None:
+            return
+        keep = (wm - span_ms) // 60_000
+        for k in [k for k in minutes if int(k) < keep]:
+            del minutes[k]
 
     # -- the anomaly model -----------------------------------------------------------------
     def _anomaly(
@@ -817,9 +876,7 @@ class Detectors:
             ref = refs.get(event.asset)
             market = self._market_price_dev(event) if event.type == ORDER else 0.0
             if event.type == TRADE:
-                last = refs.get(f"{event.asset}|last")
-                if not last or event.ts_ms >= last[1]:
-                    refs.set(f"{event.asset}|last", [event.price_usd, event.ts_ms])
+                self._note_trade(event.asset, event.price_usd, event.ts_ms)
             if market is not None:
                 dev = market
             elif ref:

@@ -25,7 +25,7 @@ class Stream:
         self.ids = itertools.count()
         self.found = []
 
-    def __call__(self, minute: float, customer: str, type: str, **fields):
+    def __call__(self, minute: float, customer: str, type: str, partition: int = 0, **fields):
         seq = next(self.seq)
         event = Event.make(
             event_id=f"e{next(self.ids)}",
@@ -34,7 +34,7 @@ class Stream:
             type=type,
             **fields,
         )
-        out = self.det.process(event, Evidence("logs-customer-trading", 0, seq))
+        out = self.det.process(event, Evidence("logs-customer-trading", partition, seq))
         if not isinstance(out, Late):
             self.found += out
         return out
@@ -391,3 +391,64 @@ def test_a_small_simulated_stream_every_pattern_detected_no_lookalike_alerted():
     honest = {x["customer_id"] for x in lookalikes}
     labelled = {c for label in labels for c in label.customer_ids}
     assert not [a for a in alerts if set(a.customer_ids) & (honest - labelled)]
+
+
+# A stored day replayed through Kafka is scored one partition's run after another: events of
+# different partitions come minutes out of event-time order (all within the watermark, which
+# follows the slowest partition). The rules that look at an asset's price history must use
+# the history up to each event's own time, not what was scored before it.
+
+
+def _partition_runs(events, runs):
+    """``events`` (minute, partition, customer, type, fields) scored one partition's run
+    after another, in the order of ``runs`` (partition, until minute)."""
+    s = Stream()
+    s.det.state.watermark.expect({p for _, p, *_ in events})
+    done = set()
+    for part, until in runs:
+        for i, (minute, p, customer, type_, fields) in enumerate(events):
+            if p == part and minute <= until and i not in done:
+                done.add(i)
+                assert not isinstance(s(minute, customer, type_, partition=p, **fields), Late)
+    assert len(done) == len(events)
+    return s
+
+
+def test_pump_and_dump_scored_behind_a_partition_that_is_ahead():
+    ring = ("p1", "p2", "p3", "p4")
+    events = []
+    for i, c in enumerate(ring):  # partition 0: the ring buys into the rise, sells after it
+        events.append((i * 2, 0, c, "trade", dict(asset="XYZ", side="buy", quantity=1000,
+                       price_usd=1.0 + 0.2 * i, counterparty_id="mm")))  # fmt: skip
+        events.append((15 + i * 2, 0, c, "trade", dict(asset="XYZ", side="sell", quantity=1000,
+                       price_usd=1.6 - 0.1 * i)))  # fmt: skip
+    # partition 1: the top, and half an hour later a higher price (a new run-up)
+    events.append((9, 1, "x", "trade", dict(asset="XYZ", side="buy", quantity=10, price_usd=1.9)))
+    events.append((40, 1, "y", "trade", dict(asset="XYZ", side="buy", quantity=10, price_usd=2.6)))
+    events.sort(key=lambda e: e[0])
+    in_order = _partition_runs(events, [(p, m) for m, p, *_ in events])
+    assert in_order.patterns() == ["pump_and_dump"]
+    # partition 1 read up to minute 40 first, then partition 0
+    behind = _partition_runs(events, [(0, 0), (1, 40), (0, 40)])
+    assert behind.patterns() == ["pump_and_dump"]
+    assert behind.found[0].customer_ids == in_order.found[0].customer_ids == ["p1", "p2", "p3"]
+
+
+def test_an_order_is_compared_with_the_latest_trade_at_its_time_not_a_later_one():
+    events = []
+    for i in range(400):  # partition 0: the model's first window
+        events.append((i * 0.1, 0, f"c{i % 10}", "order", dict(asset="XYZ", side="buy",
+                       quantity=10, price_usd=100 + i % 3, amount_usd=1_000)))  # fmt: skip
+    for i in range(10):  # partition 1: the price doubles in ten minutes ...
+        events.append((50 + i, 1, "mm", "trade", dict(asset="XYZ", side="sell", quantity=10,
+                       price_usd=100 + 10 * i, counterparty_id=f"c{i}")))  # fmt: skip
+    # ... and falls back two minutes after an order at the top (partition 0)
+    events.append((62, 1, "mm", "trade", dict(asset="XYZ", side="sell", quantity=10,
+                   price_usd=100, counterparty_id="c9")))  # fmt: skip
+    events.append((60, 0, "c3", "order", dict(asset="XYZ", side="buy", quantity=200,
+                   price_usd=192, amount_usd=38_400)))  # fmt: skip
+    events.sort(key=lambda e: e[0])
+    in_order = _partition_runs(events, [(p, m) for m, p, *_ in events])
+    assert in_order.found == []
+    behind = _partition_runs(events, [(0, 40), (1, 62), (0, 60)])
+    assert behind.found == []
