@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamledger.backends.base import Node, NodeId
+from streamledger.core import _accel
 from streamledger.core.entry import HASH_SIZE
 from streamledger.errors import BackendUnavailable
 
@@ -107,6 +108,18 @@ def segments_of(first_seq: int, offsets: list[int]) -> list[tuple[int, int, int]
 def node_runs(nodes: list[Node]) -> list[tuple[int, int, bytes]]:
     """Group nodes into ``(level, first_index, concatenated hashes)`` runs of consecutive
     indices (what one append completes at each level)."""
+    native = _accel.native
+    fast = getattr(native, "node_runs", None)
+    if fast is not None and type(nodes) is list:
+        try:
+            return fast(nodes)
+        except (TypeError, ValueError, OverflowError):
+            pass  # not plain (int, int, bytes) tuples: the loop below
+    return _node_runs_py(nodes)
+
+
+def _node_runs_py(nodes: list[Node]) -> list[tuple[int, int, bytes]]:
+    """:func:`node_runs` in Python."""
     open_runs: dict[int, list] = {}  # level -> [first index, next index, hashes]
     runs: list[tuple[int, int, bytes]] = []
     for level, index, h in nodes:
