@@ -142,21 +142,7 @@ def _dump_hst_plain(model: Any) -> bytes:
             else:
                 nodes.append([node.l_mass, node.r_mass])
         trees.append(nodes)
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "params": {
-            "n_trees": model.n_trees,
-            "height": model.height,
-            "window_size": model.window_size,
-            "seed": model.seed,
-            "limits": {str(k): [float(v[0]), float(v[1])] for k, v in model.limits.items()},
-        },
-        "counter": model.counter,
-        "first_window": bool(model._first_window),
-        "features": features,
-        "trees": trees,
-    }
+    doc = {**_header(model, features), "trees": trees}
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 

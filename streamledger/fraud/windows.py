@@ -339,23 +339,6 @@ class Table(_Keyed):
         """Mark ``key`` changed (after mutating its value in place)."""
         self.dirty.add(key)
 
-    def changed(self, key: str, item: Any) -> None:
-        """``item`` (an item of ``key``, the object itself) was changed in place: mark the key
-        changed and, with ``frozen_items``, encode that row again."""
-        self.dirty.add(key)
-        enc = self._encoded.get(key)
-        if enc is None:
-            return
-        rows = self.data.get(key, ())
-        if len(enc) != len(rows):
-            del self._encoded[key]
-            return
-        for i in range(len(rows) - 1, -1, -1):
-            if rows[i][1] is item:
-                enc[i] = None
-                return
-        del self._encoded[key]  # not found: encode the whole key again
-
     def delete(self, key: str) -> None:
         if self.data.pop(key, None) is not None:
             self.dirty.add(key)
