@@ -55,7 +55,8 @@ def dump_hst(model: Any) -> bytes:
 
     The trees' shape, features and thresholds never change once river built them (learning
     only moves masses), so their JSON is encoded once and kept on the model; each dump then
-    only writes the masses. The bytes are those of :func:`_dump_hst_plain` (tested)."""
+    only writes the masses. The bytes are those of a plain encoding of the whole document
+    (tested against one in tests/fraud/test_hst_batch.py)."""
     trees = model.trees
     layout = getattr(model, _CACHE_ATTR, None)
     if layout is None or layout[0] is not trees or layout[1] != [id(t) for t in trees]:
@@ -120,30 +121,6 @@ def _layout(model: Any) -> tuple[Any, list[int], list[str], list[list[tuple[Any,
                 pieces.append((node, "["))
         per_tree.append(pieces)
     return model.trees, [id(t) for t in model.trees], features, per_tree
-
-
-def _dump_hst_plain(model: Any) -> bytes:
-    """:func:`dump_hst` without the cached layout (the reference its bytes are tested
-    against)."""
-    features: list[str] = []
-    index: dict[str, int] = {}
-    trees: list[list[list[Any]]] = []
-    for root in model.trees:
-        nodes: list[list[Any]] = []
-        for node in root.iter_dfs():
-            if hasattr(node, "feature"):
-                name = node.feature
-                if not isinstance(name, str):
-                    raise TypeError(f"feature names must be strings, got {name!r}")
-                if name not in index:
-                    index[name] = len(features)
-                    features.append(name)
-                nodes.append([index[name], float(node.threshold), node.l_mass, node.r_mass])
-            else:
-                nodes.append([node.l_mass, node.r_mass])
-        trees.append(nodes)
-    doc = {**_header(model, features), "trees": trees}
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def load_hst(data: bytes | bytearray | memoryview) -> Any:

@@ -221,6 +221,19 @@ def _tamper(records: list, kind: str, i: int, foreign: bytes, rng: random.Random
         _tamper_once(records, kind, i, foreign, rng)
 
 
+def _tampered_log(size: int, cadence: int, tampers: list[str], seed: int) -> tuple[Ledger, object]:
+    """A log of ``size`` entries in partition 0 (3 in partition 1, for a foreign record),
+    with ``tampers`` applied at random positions of partition 0's records."""
+    ledger, key = _build([size, 3], cadence)
+    foreign = records_of(ledger, 1)[1]
+    records = records_of(ledger, 0)
+    rng = random.Random(seed)
+    for kind in tampers:
+        if records:
+            _tamper(records, kind, rng.randrange(len(records)), foreign, rng)
+    return ledger, key
+
+
 def _tamper_once(records: list, kind: str, i: int, foreign: bytes, rng: random.Random) -> None:
     n = len(records)
     if kind == "edit_payload":
@@ -291,13 +304,7 @@ def _reports(ledger: Ledger, key, partition: int, *, hints: bool, trusted: bool)
     trusted=st.booleans(),
 )
 def test_verify_reports_equal(size, cadence, tampers, seed, hints, trusted) -> None:
-    ledger, key = _build([size, 3], cadence)
-    foreign = records_of(ledger, 1)[1]
-    records = records_of(ledger, 0)
-    rng = random.Random(seed)
-    for kind in tampers:
-        if records:
-            _tamper(records, kind, rng.randrange(len(records)), foreign, rng)
+    ledger, key = _tampered_log(size, cadence, tampers, seed)
     native, pure = _reports(ledger, key, 0, hints=hints, trusted=trusted)
     assert native == pure
 
@@ -435,13 +442,7 @@ def _reports_batched(ledger: Ledger, key, partition: int, batch: int, *, hints: 
 def test_verify_from_take_batch_equal(size, cadence, batch, tampers, seed, hints) -> None:
     """Bare values from take_batch (offsets beside them) give the pure-Python report, with
     every finding's offset, on honest and tampered logs."""
-    ledger, key = _build([size, 3], cadence)
-    foreign = records_of(ledger, 1)[1]
-    records = records_of(ledger, 0)
-    rng = random.Random(seed)
-    for kind in tampers:
-        if records:
-            _tamper(records, kind, rng.randrange(len(records)), foreign, rng)
+    ledger, key = _tampered_log(size, cadence, tampers, seed)
     native, pure, _ = _reports_batched(ledger, key, 0, batch, hints=hints)
     assert native == pure
 

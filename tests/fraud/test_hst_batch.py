@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -50,9 +51,29 @@ def test_batched_learning_is_rivers_learning_exactly() -> None:
     assert batched.model.counter == plain.counter
 
 
-def test_cached_dump_gives_the_plain_dumps_bytes() -> None:
-    from streamledger.fraud.model_state import _dump_hst_plain
+def _dump_hst_plain(model: HalfSpaceTrees) -> bytes:
+    """The whole document encoded directly (no cached layout): the reference dump_hst's
+    bytes are tested against."""
+    from streamledger.fraud.model_state import _header
 
+    features: list[str] = []
+    trees = []
+    for root in model.trees:
+        nodes = []
+        for node in root.iter_dfs():
+            if hasattr(node, "feature"):
+                if node.feature not in features:
+                    features.append(node.feature)
+                where = features.index(node.feature)
+                nodes.append([where, float(node.threshold), node.l_mass, node.r_mass])
+            else:
+                nodes.append([node.l_mass, node.r_mass])
+        trees.append(nodes)
+    doc = {**_header(model, features), "trees": trees}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def test_cached_dump_gives_the_plain_dumps_bytes() -> None:
     model = HalfSpaceTrees(n_trees=4, height=5, window_size=40, seed=3)
     assert dump_hst(model) == _dump_hst_plain(model)  # no trees yet
     for i, x in enumerate(_stream(500, seed=5)):
