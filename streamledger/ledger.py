@@ -15,7 +15,6 @@ batch on the new head and retries.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import multiprocessing
@@ -28,6 +27,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from streamledger._iterate import drain
 from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, Node, get_nodes
 from streamledger.core.bundle import WitnessAlert, cosignature_index, merge_cosignatures
 from streamledger.core.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
@@ -241,7 +241,7 @@ class Ledger:
             return []
         # the next ``count`` numbers of the counter, mod ``partitions``, with C-level loops
         start = next(self._round_robin)
-        _drain(itertools.islice(self._round_robin, count - 1))
+        drain(itertools.islice(self._round_robin, count - 1))
         return list(map(operator.mod, range(start, start + count), itertools.repeat(partitions)))
 
     def choose_partition(self, key: bytes | None) -> int:
@@ -395,10 +395,6 @@ class Ledger:
             heads[part] = (first + len(records), leaves[-1], tree)
         return _Staged(batches, by_partition, leaves_of, {p: heads[p] for p in batches})
 
-    def _store(self, staged: _Staged) -> Mapping[int, list[int]]:
-        """Hand a staged batch to the backend; its offsets (see :meth:`_advance`)."""
-        return self.backend.append(self.name, staged.batches)
-
     def _commit(
         self,
         staged: _Staged,
@@ -408,10 +404,7 @@ class Ledger:
     ) -> list[Receipt]:
         """Hand a staged batch to the backend; on success, move the writers' heads.
         ``receipts=False``: return none (a caller that does not use them, the sequencer)."""
-        if transaction:
-            offsets = self.backend.append(self.name, staged.batches, **transaction)
-        else:
-            offsets = self.backend.append(self.name, staged.batches)
+        offsets = self.backend.append(self.name, staged.batches, **(transaction or {}))
         return self._advance(staged, offsets, receipts=receipts)
 
     def _advance(
@@ -433,7 +426,7 @@ class Ledger:
         for part, indexes in order.items():
             first = staged.batches[part].first_seq
             built = _receipts(name, part, first, staged.leaves[part], offsets[part])
-            _drain(map(out.__setitem__, indexes, built))
+            drain(map(out.__setitem__, indexes, built))
         return out
 
     def append_stream(
@@ -468,7 +461,7 @@ class Ledger:
                     staged = self._stage(normalized, targets, heads)
                 if in_flight is not None:
                     yield from self._advance(in_flight[0], in_flight[1].result())
-                in_flight = staged, pool.submit(self._store, staged)
+                in_flight = staged, pool.submit(self.backend.append, self.name, staged.batches)
             if in_flight is not None:
                 yield from self._advance(in_flight[0], in_flight[1].result())
 
@@ -953,7 +946,6 @@ class _Staged:
         return sum(len(indexes) for indexes in self.order.values())
 
 
-_drain = collections.deque(maxlen=0).extend  # run an iterator for its side effects
 
 
 def _groups(targets: Sequence[int]) -> dict[int, Sequence[int]]:
@@ -987,11 +979,11 @@ def _receipts(
     if len(offsets) != n:
         raise ValueError(f"{n} leaves but {len(offsets)} offsets")
     out: list[Receipt] = list(map(object.__new__, itertools.repeat(Receipt, n)))
-    _drain(map(_SET_LEDGER, out, itertools.repeat(ledger, n)))
-    _drain(map(_SET_PARTITION, out, itertools.repeat(partition, n)))
-    _drain(map(_SET_SEQ, out, range(first_seq, first_seq + n)))
-    _drain(map(_SET_LEAF, out, leaves))
-    _drain(map(_SET_OFFSET, out, offsets))
+    drain(map(_SET_LEDGER, out, itertools.repeat(ledger, n)))
+    drain(map(_SET_PARTITION, out, itertools.repeat(partition, n)))
+    drain(map(_SET_SEQ, out, range(first_seq, first_seq + n)))
+    drain(map(_SET_LEAF, out, leaves))
+    drain(map(_SET_OFFSET, out, offsets))
     return out
 
 

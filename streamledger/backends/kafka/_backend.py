@@ -24,7 +24,6 @@ SQLite cache per ledger (:mod:`._cache`), rebuilt from the topic when missing or
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import operator
@@ -40,6 +39,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamledger._iterate import drain
 from streamledger.backends.base import (
     AppendBatch,
     LedgerConfig,
@@ -115,7 +115,7 @@ def _produce_all(
     while start < end:
         values = iter(records[start:end])
         try:
-            _drain(map(produce, repeat(topic), values, keys[start:end], repeat(partition)))
+            drain(map(produce, repeat(topic), values, keys[start:end], repeat(partition)))
             return
         except BufferError:
             # map took the failed record from ``values`` before calling produce with it
@@ -123,7 +123,6 @@ def _produce_all(
             poll(0.05)
 
 
-_drain = collections.deque(maxlen=0).extend
 
 
 def _leaf_of(record: bytes) -> bytes:
