@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from streamledger.core.entry import StoredRecord
+from streamledger.core.merkle import NodeId
 
 #: Document kinds are short names (they become Kafka topic suffixes).
 DOCUMENT_KIND_RE = r"^[a-z][a-z0-9-]{0,30}$"
 
 #: (level, index, hash) of a perfect subtree of the Merkle tree, level 0 = leaf hashes.
 Node = tuple[int, int, bytes]
-#: (level, index) of a perfect subtree: where a :data:`Node` sits.
-NodeId = tuple[int, int]
 
 DEFAULT_ORIGIN = "streamledger.local"
 

@@ -59,6 +59,9 @@ NodeGetter = Callable[[int, int], bytes]
 """``get_node(level, index)``: hash of the perfect subtree over
 ``[index << level, (index + 1) << level)``; level 0 are leaf hashes."""
 
+#: (level, index) of a perfect subtree, level 0 = leaf hashes: what a NodeGetter is asked.
+NodeId = tuple[int, int]
+
 _sha256 = hashlib.sha256
 _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"

@@ -20,6 +20,7 @@ from streamledger.core.checkpoint import verify_checkpoint
 from streamledger.core.entry import decode_record
 from streamledger.core.merkle import (
     NodeGetter,
+    NodeId,
     consistency_proof,
     inclusion_proof,
     range_nodes,
@@ -71,7 +72,6 @@ def _path(data: dict[str, Any]) -> list[bytes]:
 # themselves, run once over placeholder hashes: there is no second copy of the RFC 9162 path
 # logic here that could drift from the one that builds the proof.
 
-NodeId = tuple[int, int]
 _PLACEHOLDER = bytes(32)
 
 
