@@ -460,10 +460,47 @@ class Ledger:
                     targets = self._targets(normalized, partition)
                     staged = self._stage(normalized, targets, heads)
                 if in_flight is not None:
-                    yield from self._advance(in_flight[0], in_flight[1].result())
+                    yield from self._streamed(*in_flight)
                 in_flight = staged, pool.submit(self.backend.append, self.name, staged.batches)
             if in_flight is not None:
-                yield from self._advance(in_flight[0], in_flight[1].result())
+                yield from self._streamed(*in_flight)
+
+    def _streamed(
+        self, staged: _Staged, stored: Future[Mapping[int, list[int]]]
+    ) -> Iterator[Receipt]:
+        """:meth:`_advance` for :meth:`append_stream`: the same receipts, built a chunk at a
+        time as the caller takes them. A caller that drops each receipt then never holds a
+        whole batch of them, so they die young instead of surviving into the garbage
+        collector's oldest generation, whose full collections (each scanning every object)
+        otherwise cost more than building the receipts."""
+        offsets = stored.result()
+        order, n, name = staged.order, staged.count, self.name
+        step = len(order)
+        if not all(
+            isinstance(indexes, range) and indexes.step == step and indexes.start < step
+            for indexes in order.values()
+        ):  # keyed targets: any order
+            yield from self._advance(staged, offsets)
+            return
+        self._advance(staged, offsets, receipts=False)
+        # one partition in order, or round-robin: output position j*step + r is entry j of
+        # the partition whose indexes start at r
+        heads = {
+            indexes.start: (
+                part,
+                staged.batches[part].first_seq,
+                staged.leaves[part],
+                offsets[part],
+            )
+            for part, indexes in order.items()
+        }
+        rows = _RECEIPT_CHUNK // step
+        for j in range(0, -(-n // step), rows):
+            chunk: list[Receipt] = [None] * min(rows * step, n - j * step)  # type: ignore[list-item]
+            for r, (part, first, leaves, offs) in heads.items():
+                built = _receipts(name, part, first + j, leaves[j : j + rows], offs[j : j + rows])
+                chunk[r::step] = built
+            yield from chunk
 
     # -- reading -----------------------------------------------------------------------
     def size(self, partition: int) -> int:
@@ -946,8 +983,6 @@ class _Staged:
         return sum(len(indexes) for indexes in self.order.values())
 
 
-
-
 def _groups(targets: Sequence[int]) -> dict[int, Sequence[int]]:
     """partition -> the indexes of ``targets`` naming it, in order (partitions in order of
     first appearance)."""
@@ -966,6 +1001,11 @@ def _round_robin_groups(targets: Sequence[int]) -> dict[int, Sequence[int]] | No
     if len(set(head)) != period or list(targets) != (head * (n // period + 1))[:n]:
         return None
     return {part: range(j, n, period) for j, part in enumerate(head)}
+
+
+#: Receipts per chunk of :meth:`Ledger.append_stream` (under the garbage collector's
+#: youngest-generation threshold, 700 allocations).
+_RECEIPT_CHUNK = 510
 
 
 def _receipts(

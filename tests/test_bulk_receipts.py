@@ -159,3 +159,35 @@ def test_native_node_runs_match_the_python_loop() -> None:
     for nodes in cases:
         assert node_runs(nodes) == _node_runs_py(nodes)
     assert node_runs([[0, 4, b"x"], [0, 5, b"y"]]) == [(0, 4, b"xy")]  # not tuples: Python
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 4])
+@pytest.mark.parametrize("partition", [None, 0])
+@pytest.mark.parametrize("batch", [1, 127, 170, 509, 510, 511, 1531])
+def test_append_stream_receipts_in_chunks_equal_the_bulk_ones(partitions, partition, batch) -> None:
+    """append_stream builds its receipts a chunk at a time (``_streamed``); they must equal
+    the receipts ``append_many`` gives for the same batches (one bulk list per batch)."""
+    if partition is not None and partitions == 1:
+        partition = None
+    payloads = [b"e%d" % i for i in range(2 * batch + 513)]
+    clock = itertools.count(1_700_000_000_000)
+    streamed = Ledger.create(
+        MemoryBackend(), "chunks", partitions=partitions, producer="t", clock=lambda: next(clock)
+    )
+    clock2 = itertools.count(1_700_000_000_000)
+    bulk = Ledger.create(
+        MemoryBackend(), "chunks", partitions=partitions, producer="t", clock=lambda: next(clock2)
+    )
+    got = list(streamed.append_stream(payloads, batch_size=batch, partition=partition))
+    want: list[Receipt] = []
+    for start in range(0, len(payloads), batch):
+        want += bulk.append_many(payloads[start : start + batch], partition=partition)
+    assert got == want
+    assert len(got) == len(payloads)
+    assert len({(r.partition, r.seq) for r in got}) == len(payloads)
+    assert [streamed.size(p) for p in range(partitions)] == [
+        bulk.size(p) for p in range(partitions)
+    ]
+    for r in got[:: max(1, len(got) // 7)]:
+        (entry,) = streamed.read(r.partition, r.seq, r.seq + 1)
+        assert entry.payload == payloads[got.index(r)]
