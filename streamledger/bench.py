@@ -2,13 +2,16 @@
 
 Everything compared is measured in the same run, on the same broker, with the same payloads
 and the same client settings. Absolute rates are noisy on a shared 2-core machine (raw
-baselines move 2-3x between runs), so every throughput comparison runs ``repeat`` interleaved
-rounds (raw and ledger take turns, the order reversed every other round) and reports the best
-of each side and the ratio of those bests; every sample is kept in the JSON output.
+baselines move 2-3x between runs), so every Kafka throughput comparison first runs a
+discarded warm-up round (the broker's JIT, its group and transaction coordinators), then
+``repeat`` interleaved rounds (raw and ledger take turns, the order reversed every other
+round), each sample seconds long, and reports the median of each side and the ratio of those
+medians; the best samples, their ratio and every sample (warm-up included) are kept in the
+JSON output. See docs/benchmarks.md for why.
 
-Modes: ``--quick`` (about a minute, one round, used by the test suite as a smoke run) and the
-default full mode (three rounds, 10M-entry proof logs and the KafkaBlockchain-shaped run; the
-figures recorded in docs/benchmarks.md).
+Modes: ``--quick`` (under a minute, one measured round, used by the test suite as a smoke
+run) and the default full mode (five rounds, 10M-entry proof logs and the
+KafkaBlockchain-shaped run; the figures recorded in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +58,8 @@ class BenchPlan:
     memory_log_sizes: tuple[int, ...]
     anchor_entries: int
     encryption_entries: int = 20_000
-    repeat: int = 1  # interleaved rounds per throughput comparison; best of them is reported
+    repeat: int = 1  # measured interleaved rounds per throughput comparison (median reported)
+    warmup: int = 1  # discarded warm-up rounds before them (Kafka comparisons)
     fraud_rate: int = 0  # events/s of the fraud pipeline latency run (0 skips it)
     fraud_seconds: float = 60.0
 
@@ -112,9 +117,14 @@ QUICK = BenchPlan(
 FULL = BenchPlan(
     name="full",
     sizes=(100, 1024, 10240),
-    # 10 KiB: 100,000 entries (1 GB), so that verification runs for seconds and the fixed
-    # costs (consumers per partition, worker process start-up) do not dominate the figure.
-    kafka_entries={100: 300_000, 1024: 150_000, 10240: 100_000},
+    # Each sample is seconds long (>= ~2.5 s of raw produce here). Up to 1 KiB raw
+    # transactional produce is bound by the ~4 ms round trip of a 1,000-message transaction
+    # (~250K/s at 100 B and at 1 KiB alike), so 600,000 entries (60 MB / 600 MB); at 10 KiB
+    # it is bound by bytes (~300 MB/s), so 100,000 entries (1 GB), which also keeps
+    # verification seconds long. 150,000 x 1 KiB (0.6 s) samples moved by 30 % round to
+    # round: one 20 ms stall (librdkafka's fixed backoff on CONCURRENT_TRANSACTIONS) more or
+    # less is 3 % of such a sample.
+    kafka_entries={100: 600_000, 1024: 600_000, 10240: 100_000},
     batch=1000,
     sqlite_entries=300_000,
     proof_log_sizes=(1_000_000, 10_000_000),
@@ -123,7 +133,7 @@ FULL = BenchPlan(
     memory_log_sizes=(1_000_000, 10_000_000),
     anchor_entries=10_000_000,
     encryption_entries=200_000,
-    repeat=3,
+    repeat=5,
     fraud_rate=5000,
     fraud_seconds=60.0,
 )
@@ -313,6 +323,81 @@ def _best(samples: list[float]) -> float:
     return max(samples)
 
 
+def _median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+#: The Kafka comparisons: (ledger-side sample, baseline sample) of each ratio in a row.
+KAFKA_RATIOS = {
+    "append": ("ledger_append_per_s", "raw_produce_per_s"),
+    "sequencer": ("sequencer_per_s", "raw_produce_per_s"),
+    "verify_w1": ("verify_w1_per_s", "raw_consume_per_s"),
+    "verify_w2": ("verify_w2_per_s", "raw_consume_per_s"),
+}
+KAFKA_SAMPLES = (
+    "raw_produce_per_s",
+    "ledger_append_per_s",
+    "sequencer_per_s",
+    "raw_consume_per_s",
+    "verify_w1_per_s",
+    "verify_w2_per_s",
+)
+
+
+def _kafka_row(
+    size: int,
+    count: int,
+    samples: dict[str, list[float]],
+    warmup: dict[str, list[float]],
+) -> dict[str, Any]:
+    """One payload size's row from its measured samples (the warm-up round's are kept apart
+    and not counted): every figure is the median of its samples, every ratio the ratio of
+    two medians; the best sample of each, the ratios of those bests and the per-round ratios
+    (both sides of a ratio measured back to back in the same round) are kept beside them."""
+    median = {name: _median(values) for name, values in samples.items()}
+    best = {name: _best(values) for name, values in samples.items()}
+    row: dict[str, Any] = {
+        "payload_bytes": size,
+        "entries": count,
+        "bytes_per_sample": size * count,
+        "repeat": len(samples["raw_produce_per_s"]),
+        "warmup_rounds": len(warmup.get("raw_produce_per_s", [])),
+        "statistic": "median",
+    }
+    for name in KAFKA_SAMPLES:
+        row[name] = median[name]
+    for ratio, (side, base) in KAFKA_RATIOS.items():
+        row[f"{ratio}_ratio"] = median[side] / median[base]
+    # the headline verify figure: the better of the two configurations, and which one it is
+    workers = 2 if median["verify_w2_per_s"] > median["verify_w1_per_s"] else 1
+    row["verify_workers"] = workers
+    row["verify_per_s"] = median[f"verify_w{workers}_per_s"]
+    row["verify_ratio"] = row[f"verify_w{workers}_ratio"]
+    row["best"] = best
+    row["best_ratios"] = {
+        ratio: best[side] / best[base] for ratio, (side, base) in KAFKA_RATIOS.items()
+    }
+    row["round_ratios"] = {
+        ratio: [a / b for a, b in zip(samples[side], samples[base], strict=True)]
+        for ratio, (side, base) in KAFKA_RATIOS.items()
+    }
+    row["samples"] = samples
+    row["warmup_samples"] = warmup
+    return row
+
+
+def _round_order(steps: list[Any], measured_round: int | None) -> list[Any]:
+    """The order of a round's steps: as given in the warm-up round (``None``) and in even
+    measured rounds, reversed in odd ones, so that over the measured rounds neither side
+    always goes first."""
+    return list(steps) if not measured_round or measured_round % 2 == 0 else list(steps)[::-1]
+
+
+def _round_label(size: int, count: int, round_: int | None, repeat: int) -> str:
+    which = "warm-up" if round_ is None else f"{round_ + 1}/{repeat}"
+    return f"  {size} B x {count:,} [{which}]"
+
+
 def _kafka_rows(
     bootstrap: str,
     extra: dict[str, str],
@@ -322,11 +407,12 @@ def _kafka_rows(
     repeat: int,
     sizes: tuple[int, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per payload size, ``repeat`` rounds of raw produce / ledger append / sequencer (each
-    round on fresh topics, the order reversed every other round so neither side always goes
-    first), then ``repeat`` rounds of raw consume / verify (1 process) / verify (2 worker
-    processes) over the ledger of the first round. Every sample is kept; the figures are the
-    best of each, and the ratios are ratios of those bests."""
+    """Per payload size: ``plan.warmup`` discarded warm-up rounds, then ``repeat`` measured
+    rounds of raw produce / ledger append / sequencer (each round on fresh topics, the order
+    reversed every other measured round so neither side always goes first); then as many
+    warm-up and measured rounds of raw consume / verify (1 process) / verify (2 worker
+    processes) over the ledger of the first measured round. Every sample is kept; the
+    figures are the medians of the measured rounds (see ``_kafka_row``)."""
     import functools
 
     from streamledger.backends.kafka import KafkaBackend
@@ -335,33 +421,26 @@ def _kafka_rows(
     partitions = 3
     trust = TrustPolicy((key.verifier,))
     opener = functools.partial(KafkaBackend, bootstrap, config=extra, state_dir=state_dir)
+    rounds = [None] * plan.warmup + list(range(repeat))  # None: a warm-up round
     for size in sizes or plan.sizes:
         count = plan.kafka_entries[size]
         payloads = [os.urandom(size) for _ in range(min(count, 2000))]
         payloads = [payloads[i % len(payloads)] for i in range(count)]
         tag = f"bench{size}x{uuid.uuid4().hex[:8]}"
-        samples: dict[str, list[float]] = {
-            name: []
-            for name in (
-                "raw_produce_per_s",
-                "ledger_append_per_s",
-                "sequencer_per_s",
-                "raw_consume_per_s",
-                "verify_w1_per_s",
-                "verify_w2_per_s",
-            )
-        }
+        samples: dict[str, list[float]] = {name: [] for name in KAFKA_SAMPLES}
+        warmup: dict[str, list[float]] = {name: [] for name in KAFKA_SAMPLES}
+
         backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
         try:
             measured = None
-            for round_ in range(repeat):
-                label = f"  {size} B x {count:,} [{round_ + 1}/{repeat}]"
-                raw_topic = f"raw-{tag}-{round_}"
+            for index, round_ in enumerate(rounds):
+                raw_topic = f"raw-{tag}-{index}"
                 Ledger.create(backend, raw_topic, partitions=partitions)  # same topic settings
                 ledger = Ledger.create(
-                    backend, f"ledger-{tag}-{round_}", partitions=partitions, signer=key
+                    backend, f"ledger-{tag}-{index}", partitions=partitions, signer=key
                 )
-                measured = measured or ledger
+                if round_ is not None:
+                    measured = measured or ledger
 
                 steps: list[tuple[str, str, Callable[[], float]]] = [
                     (
@@ -382,23 +461,26 @@ def _kafka_rows(
                         "sequencer",
                         functools.partial(
                             sequencer_rate, bootstrap, extra, payloads, partitions, plan.batch,
-                            key, state_dir, tag=f"{tag}-{round_}",
+                            key, state_dir, tag=f"{tag}-{index}",
                         ),
                     ),
                 ]  # fmt: skip
-                for name, what, measure in steps if round_ % 2 == 0 else steps[::-1]:
-                    _say(f"{label}: {what}")
-                    samples[name].append(measure())
+                kept = warmup if round_ is None else samples
+                for name, what, measure in _round_order(steps, round_):
+                    _say(f"{_round_label(size, count, round_, repeat)}: {what}")
+                    kept[name].append(measure())
             assert measured is not None
             measured.checkpoint()
             total = count + plan.batch  # + the warm-up batch
-            for round_ in range(repeat):
-                label = f"  {size} B x {count:,} [{round_ + 1}/{repeat}]"
-                order = [0, 1, 2] if round_ % 2 == 0 else [2, 1, 0]  # 0: raw consume
-                _say(f"{label}: raw consume / verify (1 process) / verify (2 processes)")
-                for workers in order:
+            for round_ in rounds:
+                kept = warmup if round_ is None else samples
+                _say(
+                    f"{_round_label(size, count, round_, repeat)}: raw consume / verify "
+                    "(1 process) / verify (2 processes)"
+                )
+                for workers in _round_order([0, 1, 2], round_):  # 0: raw consume
                     if workers == 0:
-                        samples["raw_consume_per_s"].append(
+                        kept["raw_consume_per_s"].append(
                             raw_consume(bootstrap, extra, measured.name, partitions, total)
                         )
                         continue
@@ -409,35 +491,11 @@ def _kafka_rows(
                         raise RuntimeError(
                             f"benchmark ledger did not verify: {report.findings[:3]}"
                         )
-                    samples[f"verify_w{workers}_per_s"].append(rate)
+                    kept[f"verify_w{workers}_per_s"].append(rate)
         finally:
             backend.close()
             _delete_topics(bootstrap, extra, tag)
-        best = {name: _best(values) for name, values in samples.items()}
-        produce_best, consume_best = best["raw_produce_per_s"], best["raw_consume_per_s"]
-        workers = 2 if best["verify_w2_per_s"] > best["verify_w1_per_s"] else 1
-        rows.append(
-            {
-                "payload_bytes": size,
-                "entries": count,
-                "repeat": repeat,
-                "raw_produce_per_s": produce_best,
-                "ledger_append_per_s": best["ledger_append_per_s"],
-                "append_ratio": best["ledger_append_per_s"] / produce_best,
-                "sequencer_per_s": best["sequencer_per_s"],
-                "sequencer_ratio": best["sequencer_per_s"] / produce_best,
-                "raw_consume_per_s": consume_best,
-                "verify_w1_per_s": best["verify_w1_per_s"],
-                "verify_w1_ratio": best["verify_w1_per_s"] / consume_best,
-                "verify_w2_per_s": best["verify_w2_per_s"],
-                "verify_w2_ratio": best["verify_w2_per_s"] / consume_best,
-                # the headline: the better of the two configurations, and which one it is
-                "verify_workers": workers,
-                "verify_per_s": best[f"verify_w{workers}_per_s"],
-                "verify_ratio": best[f"verify_w{workers}_per_s"] / consume_best,
-                "samples": samples,
-            }
-        )
+        rows.append(_kafka_row(size, count, samples, warmup))
     return rows
 
 
@@ -679,7 +737,7 @@ def run_bench(
             if "kafka" in sections:
                 timed(
                     "Kafka: raw produce vs ledger append vs sequencer, raw consume vs verify "
-                    f"(best of {repeat})"
+                    f"({plan.warmup} warm-up round(s), then the median of {repeat})"
                 )
                 results["kafka"] = _kafka_rows(
                     bootstrap, extra, plan, key, state, repeat, kafka_sizes
@@ -741,12 +799,15 @@ def format_table(results: dict[str, Any]) -> str:
     repeat = results.get("repeat", 1)
     lines = [
         f"streamledger benchmark ({results['mode']} mode, {results['machine']['cpus']} cpus, "
-        f"best of {repeat} interleaved round{'s' if repeat != 1 else ''} per throughput figure)"
+        f"{repeat} interleaved round{'s' if repeat != 1 else ''} per throughput comparison)"
     ]
     lines.append("")
     if results.get("kafka"):
+        warm = results["kafka"][0].get("warmup_rounds", 0)
         lines.append(
-            "Kafka, same broker, same payloads, transactions of equal size; ratios are best/best"
+            "Kafka, same broker, same payloads, transactions of equal size; figures are the "
+            f"median of {repeat} round{'s' if repeat != 1 else ''} (after {warm} discarded "
+            "warm-up round), ratios median/median"
         )
         lines.append(
             f"{'payload':>8} {'entries':>8} {'raw prod/s':>11} {'append/s':>10} "
@@ -767,6 +828,18 @@ def format_table(results: dict[str, Any]) -> str:
             "verify/s: Ledger.verify in this process; verify 2p/s: workers=2 (partitions "
             "verified in 2 worker processes, start-up included)"
         )
+    if results.get("kafka") and repeat > 1:
+        lines.append(
+            f"best of {repeat}, ratios best/best: "
+            + "; ".join(
+                f"{row['payload_bytes']} B append {row['best_ratios']['append']:.2f} "
+                f"sequencer {row['best_ratios']['sequencer']:.2f} verify "
+                f"{row['best_ratios']['verify_w1']:.2f} / "
+                f"{row['best_ratios']['verify_w2']:.2f} (2p)"
+                for row in results["kafka"]
+            )
+        )
+    if results.get("kafka"):
         lines.append(
             "headline verify ratio (better configuration): "
             + ", ".join(
