@@ -43,6 +43,8 @@ from streamledger.ledger import Ledger
 #: KafkaBlockchain (Java) published figures: 10M hash-chained messages.
 ANCHOR_PRODUCE_S = 120.0
 ANCHOR_VERIFY_S = 300.0
+#: Entries per transaction of the KafkaBlockchain-shaped run (a bulk load: large batches).
+ANCHOR_BATCH = 20_000
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class BenchPlan:
     anchor_entries: int
     encryption_entries: int = 20_000
     repeat: int = 1  # measured interleaved rounds per throughput comparison (median reported)
-    warmup: int = 1  # discarded warm-up rounds before them (Kafka comparisons)
+    warmup: int = 1  # discarded warm-up rounds before them, per payload size (Kafka)
+    broker_warmup_s: float = 0.0  # seconds of traffic before the first Kafka round
     fraud_rate: int = 0  # events/s of the fraud pipeline latency run (0 skips it)
     fraud_seconds: float = 60.0
 
@@ -113,6 +116,7 @@ QUICK = BenchPlan(
     anchor_entries=0,
     encryption_entries=20_000,
     repeat=1,
+    broker_warmup_s=2.0,
 )
 FULL = BenchPlan(
     name="full",
@@ -134,6 +138,10 @@ FULL = BenchPlan(
     anchor_entries=10_000_000,
     encryption_entries=200_000,
     repeat=5,
+    # A fresh broker's JVM takes tens of seconds of traffic to compile its hot paths: raw
+    # produce of 100 B climbed from 122K/s to 270K/s over four 600,000-entry rounds, the
+    # broker's CPU for the same work falling from 5.4 s to 1.6 s (0.8 s once warm).
+    broker_warmup_s=30.0,
     fraud_rate=5000,
     fraud_seconds=60.0,
 )
@@ -305,14 +313,26 @@ def sequencer_rate(
     return _rate(stats.entries - first_entries, end - started)
 
 
-def _delete_topics(bootstrap: str, extra: dict[str, str], tag: str) -> None:
-    """Delete every topic whose name holds ``tag`` (one payload size's topics), so a full
-    run does not keep gigabytes of benchmark data on the broker."""
+def _topics_of(topics: Any, bases: Any) -> list[str]:
+    """The topics named ``base`` or ``base.<suffix>`` (a ledger's checkpoints, history,
+    documents and rejects topics) for any of ``bases``."""
+    bases = set(bases)
+    return sorted(t for t in topics if t in bases or t.split(".", 1)[0] in bases)
+
+
+def _delete_topics(
+    bootstrap: str, extra: dict[str, str], tag: str, bases: Any | None = None
+) -> None:
+    """Delete every topic whose name holds ``tag`` (one payload size's topics), or with
+    ``bases`` the topics of those ledgers and topics only (``_topics_of``; one round's), so a
+    full run does not keep gigabytes of benchmark data on the broker (a 1 KiB round writes
+    about 2.6 GB)."""
     from confluent_kafka.admin import AdminClient
 
     try:
         admin = AdminClient({"bootstrap.servers": bootstrap, **extra})
-        names = [t for t in admin.list_topics(timeout=30).topics if tag in t]
+        topics = admin.list_topics(timeout=30).topics
+        names = [t for t in topics if tag in t] if bases is None else _topics_of(topics, bases)
         for future in (admin.delete_topics(names, operation_timeout=30) if names else {}).values():
             future.result(60)
     except Exception as exc:  # noqa: BLE001 - cleanup only (maybe after another error): go on
@@ -393,6 +413,48 @@ def _round_order(steps: list[Any], measured_round: int | None) -> list[Any]:
     return list(steps) if not measured_round or measured_round % 2 == 0 else list(steps)[::-1]
 
 
+def _warm_broker(
+    bootstrap: str,
+    extra: dict[str, str],
+    seconds: float,
+    batch: int,
+    key: SigningKey,
+    state_dir: Path,
+) -> dict[str, Any]:
+    """Traffic, not measured, until ``seconds`` have passed: raw produce, ledger append and
+    the sequencer take turns on chunks of 100,000 x 100 B (transactions of ``batch``), so the
+    broker's JVM has compiled the paths of all three before the first round. The rates of the
+    chunks are returned (and kept in the JSON) to show how far the broker warmed up."""
+    from streamledger.backends.kafka import KafkaBackend
+
+    tag = f"warmbroker{uuid.uuid4().hex[:8]}"
+    base = [os.urandom(100) for _ in range(2000)]
+    payloads = [base[i % len(base)] for i in range(100_000)]
+    chunks: dict[str, list[float]] = {name: [] for name in KAFKA_SAMPLES[:3]}
+    backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
+    started = time.perf_counter()
+    try:
+        for index in itertools.count():
+            if time.perf_counter() - started >= seconds:
+                break
+            raw_topic = f"raw-{tag}-{index}"
+            Ledger.create(backend, raw_topic, partitions=3)
+            ledger = Ledger.create(backend, f"ledger-{tag}-{index}", partitions=3, signer=key)
+            chunks["raw_produce_per_s"].append(
+                raw_produce(bootstrap, extra, raw_topic, payloads, batch, 3)
+            )
+            chunks["ledger_append_per_s"].append(ledger_append(ledger, payloads, batch))
+            chunks["sequencer_per_s"].append(
+                sequencer_rate(
+                    bootstrap, extra, payloads, 3, batch, key, state_dir, tag=f"{tag}-{index}"
+                )
+            )
+    finally:
+        backend.close()
+        _delete_topics(bootstrap, extra, tag)
+    return {"seconds": time.perf_counter() - started, "entries_per_chunk": 100_000, **chunks}
+
+
 def _round_label(size: int, count: int, round_: int | None, repeat: int) -> str:
     which = "warm-up" if round_ is None else f"{round_ + 1}/{repeat}"
     return f"  {size} B x {count:,} [{which}]"
@@ -469,6 +531,12 @@ def _kafka_rows(
                 for name, what, measure in _round_order(steps, round_):
                     _say(f"{_round_label(size, count, round_, repeat)}: {what}")
                     kept[name].append(measure())
+                # this round's topics, but for the ledger verified below (sequencer_rate's
+                # intake and ledger are named after its tag)
+                done = [raw_topic, f"intake-{tag}-{index}", f"seq-{tag}-{index}"]
+                if ledger is not measured:
+                    done.append(ledger.name)
+                _delete_topics(bootstrap, extra, tag, bases=done)
             assert measured is not None
             measured.checkpoint()
             total = count + plan.batch  # + the warm-up batch
@@ -534,7 +602,7 @@ def _anchor_run(
         )
         payload = os.urandom(100)
         started = time.perf_counter()
-        stream = ledger.append_stream(itertools.repeat(payload, entries), batch_size=5000)
+        stream = ledger.append_stream(itertools.repeat(payload, entries), batch_size=ANCHOR_BATCH)
         for done, _ in enumerate(stream, 1):
             if done % 1_000_000 == 0:
                 _say(f"    {done:,} appended")
@@ -677,7 +745,15 @@ def _start_local_broker(workdir: Path):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     module.ensure_installed(quiet=True)
-    return module.start_broker(port=None, data_dir=workdir / "kafka", watchdog_pid=os.getpid())
+    # Deleted topics' files go 1 s after the deletion, not Kafka's default 60 s: the
+    # benchmark deletes each round's topics (a 1 KiB round writes about 2.6 GB), and with
+    # 60 s several rounds' worth would sit on the disk at once.
+    return module.start_broker(
+        port=None,
+        data_dir=workdir / "kafka",
+        watchdog_pid=os.getpid(),
+        extra_config={"file.delete.delay.ms": "1000"},
+    )
 
 
 def run_bench(
@@ -739,6 +815,11 @@ def run_bench(
                     "Kafka: raw produce vs ledger append vs sequencer, raw consume vs verify "
                     f"({plan.warmup} warm-up round(s), then the median of {repeat})"
                 )
+                if plan.broker_warmup_s:
+                    timed(f"  warming the broker up: {plan.broker_warmup_s:g} s of traffic")
+                    results["kafka_broker_warmup"] = _warm_broker(
+                        bootstrap, extra, plan.broker_warmup_s, plan.batch, key, state
+                    )
                 results["kafka"] = _kafka_rows(
                     bootstrap, extra, plan, key, state, repeat, kafka_sizes
                 )

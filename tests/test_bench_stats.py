@@ -93,3 +93,31 @@ def test_table_says_median_and_shows_the_best_ratios_too():
     assert "best of 3, ratios best/best: 1024 B append 0.57" in table
     # the row's ratio column is the median one (160 / 200)
     assert "0.80" in table.split("raw prod/s")[1].splitlines()[1]
+
+
+def test_a_rounds_topics_are_its_ledgers_with_their_suffixed_topics_only():
+    from streamledger.bench import _topics_of
+
+    topics = [
+        "raw-b1-1",
+        "raw-b1-1.checkpoints",
+        "raw-b1-10",  # another round's (index 10): not a prefix match
+        "ledger-b1-1",
+        "ledger-b1-1.history",
+        "seq-b1-1",
+        "seq-b1-1.rejects",
+        "intake-b1-1",
+        "ledger-b1-0",  # the ledger kept for verification
+        "ledger-b1-0.checkpoints",
+        "__consumer_offsets",
+    ]
+    bases = ["raw-b1-1", "ledger-b1-1", "seq-b1-1", "intake-b1-1"]
+    assert _topics_of(topics, bases) == [
+        "intake-b1-1",
+        "ledger-b1-1",
+        "ledger-b1-1.history",
+        "raw-b1-1",
+        "raw-b1-1.checkpoints",
+        "seq-b1-1",
+        "seq-b1-1.rejects",
+    ]

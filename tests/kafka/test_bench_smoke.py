@@ -38,6 +38,11 @@ def test_quick_benchmark_runs_and_reports_every_measurement(kafka_bootstrap, tmp
 
     saved = json.loads(output.read_text())
     assert saved["mode"] == "quick" and saved["repeat"] == 2
+    # the broker was warmed up first: at least one chunk of each side, kept in the JSON
+    warm = saved["kafka_broker_warmup"]
+    assert warm["seconds"] >= QUICK.broker_warmup_s
+    for name in KAFKA_SAMPLES[:3]:
+        assert len(warm[name]) >= 1 and all(value > 0 for value in warm[name]), name
     rows = {row["payload_bytes"]: row for row in saved["kafka"]}
     assert set(rows) == set(QUICK.sizes)
     for size, row in rows.items():
