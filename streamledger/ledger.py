@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from streamledger._iterate import drain
-from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, Node, get_nodes
+from streamledger.backends.base import AppendBatch, Backend, LedgerConfig, get_nodes
 from streamledger.core.bundle import WitnessAlert, cosignature_index, merge_cosignatures
 from streamledger.core.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from streamledger.core.entry import (
@@ -389,7 +389,7 @@ class Ledger:
             records, leaves = build_records(
                 self.name, part, first, timestamp, self.producer, prev, fields
             )
-            nodes: list[Node] = tree.append_many(leaves)
+            nodes = tree.append_runs(leaves)
             batches[part] = AppendBatch(first, records, keys, nodes)
             leaves_of[part] = leaves
             heads[part] = (first + len(records), leaves[-1], tree)

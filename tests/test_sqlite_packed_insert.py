@@ -9,6 +9,7 @@ import pytest
 from streamledger.backends import sqlite as sqlite_backend
 from streamledger.backends.base import AppendBatch, LedgerConfig
 from streamledger.backends.sqlite import SQLiteBackend
+from streamledger.core.merkle import NodeRuns
 
 
 def _rows(backend: SQLiteBackend) -> tuple[list, list]:
@@ -39,6 +40,13 @@ def test_packed_insert_stores_what_row_by_row_insert_stores(tmp_path, monkeypatc
         nodes = sorted((rng.randrange(3), i, os.urandom(32)) for i in range(rng.randrange(20)))
         if rng.random() < 0.2:
             nodes.append((0, 10_000, os.urandom(32)))  # not consecutive: row by row
+        elif rng.random() < 0.3:  # what the ledger hands over: the nodes grouped by level
+            nodes = NodeRuns(
+                [
+                    (level, rng.randrange(100), os.urandom(32 * rng.randrange(1, 6)))
+                    for level in range(rng.randrange(4))
+                ]
+            )
         batch = AppendBatch(sizes[part], records, keys, nodes)
         packed.append("l", {part: batch})
         monkeypatch.setattr(sqlite_backend, "_insert_entries", lambda *a: False)

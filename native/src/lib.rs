@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 type Hash = [u8; 32];
 
 /// Bumped whenever a signature or semantics here changes; `_accel.py` ignores a stale build.
-const ABI: u32 = 2;
+const ABI: u32 = 3;
 const MAX_CONTENT_TYPE: usize = 255;
 const MAX_KEY: usize = 65535;
 
@@ -229,6 +229,49 @@ fn compact_append<'py>(
         nodes.append((*level, *index, PyBytes::new(py, h)))?;
     }
     Ok((hashes_to_list(py, &range)?, nodes))
+}
+
+/// `compact_append_runs(hashes, size, leaves) -> (new_hashes, runs)`: `compact_append` with
+/// the completed nodes grouped by level: `runs` is one `(level, first_index, hashes)` per
+/// level, `hashes` the 32-byte hashes of indexes `first_index, first_index+1, ...` back to
+/// back (consecutive leaves complete consecutive nodes on every level), levels ascending.
+#[pyfunction]
+fn compact_append_runs<'py>(
+    py: Python<'py>,
+    hashes: &Bound<'py, PyList>,
+    size: u64,
+    leaves: &Bound<'py, PyList>,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    let mut range = hashes_from_list(hashes, "tree hash")?;
+    check_range(&range, size)?;
+    let new_leaves = hashes_from_list(leaves, "leaf hash")?;
+    if size.checked_add(new_leaves.len() as u64).is_none() {
+        return Err(PyValueError::new_err("tree size out of range"));
+    }
+    let mut size = size;
+    let count = new_leaves.len();
+    // runs[level] = (first index, next index, hashes)
+    let mut runs: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    py.allow_threads(|| {
+        for leaf in new_leaves {
+            push_leaf(&mut range, &mut size, leaf, |level, index, h| {
+                let level = level as usize;
+                if runs.len() == level {
+                    let expected = (count >> level) + 2;
+                    runs.push((index, index, Vec::with_capacity(expected * 32)));
+                }
+                let run = &mut runs[level];
+                debug_assert_eq!(run.1, index, "nodes of one level come in index order");
+                run.1 = index + 1;
+                run.2.extend_from_slice(h);
+            });
+        }
+    });
+    let out = PyList::empty(py);
+    for (level, (first, _, blob)) in runs.iter().enumerate() {
+        out.append((level as u32, *first, PyBytes::new(py, blob)))?;
+    }
+    Ok((hashes_to_list(py, &range)?, out))
 }
 
 /// `(seq, prev_hash, payload_hash, payload_size, header_end)` of a v1 header.
@@ -489,6 +532,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(build_records, m)?)?;
     m.add_function(wrap_pyfunction!(compact_append, m)?)?;
+    m.add_function(wrap_pyfunction!(compact_append_runs, m)?)?;
     m.add_function(wrap_pyfunction!(verify_run, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_messages, m)?)?;
     m.add_function(wrap_pyfunction!(node_runs, m)?)?;

@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from streamledger.core.entry import StoredRecord
-from streamledger.core.merkle import NodeId
+from streamledger.core.merkle import Node, NodeId
 
 #: Document kinds are short names (they become Kafka topic suffixes).
 DOCUMENT_KIND_RE = r"^[a-z][a-z0-9-]{0,30}$"
-
-#: (level, index, hash) of a perfect subtree of the Merkle tree, level 0 = leaf hashes.
-Node = tuple[int, int, bytes]
 
 DEFAULT_ORIGIN = "streamledger.local"
 
@@ -102,7 +99,9 @@ class AppendBatch:
     ``first_seq`` must equal the partition's current size (optimistic concurrency: a
     backend refuses a batch built on a stale head). ``records`` are the encoded entries
     for seqs ``first_seq, first_seq+1, ...``; ``keys`` their partition keys (or None);
-    ``nodes`` every perfect subtree the batch completes (leaves included).
+    ``nodes`` every perfect subtree the batch completes (leaves included), in no particular
+    order; the ledger hands a :class:`~streamledger.core.merkle.NodeRuns` (the nodes grouped
+    by level), which a store that writes runs can take as they are.
     """
 
     first_seq: int

@@ -24,7 +24,8 @@ from streamledger.backends.base import (
     check_document_kind,
 )
 from streamledger.core.entry import StoredRecord
-from streamledger.errors import BackendUnavailable, ConfigError, WriteConflict
+from streamledger.core.merkle import NodeRuns
+from streamledger.errors import BackendUnavailable, ConfigError, FormatError, WriteConflict
 
 DB_NAME = "ledger.db"
 SCHEMA_VERSION = 1
@@ -461,25 +462,17 @@ def _insert_nodes(
 ) -> bool:
     """Insert the batch's Merkle nodes set-based, one statement per level; False (nothing
     inserted) unless each level's indexes are consecutive and every hash is 32 bytes (what
-    an append produces)."""
-    levels: dict[int, tuple[int, list[bytes]]] = {}
-    for level, index, digest in nodes:
-        run = levels.get(level)
-        if run is None:
-            levels[level] = run = (index, [])
-        elif index != run[0] + len(run[1]):
+    an append produces; the ledger hands them over grouped, as a NodeRuns)."""
+    if type(nodes) is not NodeRuns:
+        try:
+            nodes = NodeRuns.of(nodes)
+        except (FormatError, TypeError):
             return False
-        run[1].append(digest)
-    packed = []
-    for level, (start, hashes) in levels.items():
-        blob = b"".join(hashes)
-        if len(blob) != 32 * len(hashes) or not all(type(h) is bytes for h in hashes):
-            return False
-        packed.append((level, start, hashes, blob))
     step = max(1, _CHUNK_BYTES // 32)
-    for level, start, hashes, blob in packed:
-        for at in range(0, len(hashes), step):
-            count = min(step, len(hashes) - at)
+    for level, start, blob in nodes.runs:
+        total = len(blob) // 32
+        for at in range(0, total, step):
+            count = min(step, total - at)
             conn.execute(
                 _INSERT_NODES,
                 {

@@ -15,7 +15,7 @@ import os
 from types import ModuleType
 
 #: The ABI of ``native/src/lib.rs`` this code expects; a stale build is ignored.
-ABI = 2
+ABI = 3
 
 
 def load() -> ModuleType | None:

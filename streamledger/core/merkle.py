@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from streamledger.core import _accel
 from streamledger.errors import FormatError, ProofError, VerificationError
@@ -37,7 +37,9 @@ __all__ = [
     "HASH_SIZE",
     "CompactRange",
     "InMemoryTree",
+    "Node",
     "NodeGetter",
+    "NodeRuns",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
@@ -61,6 +63,9 @@ NodeGetter = Callable[[int, int], bytes]
 
 #: (level, index) of a perfect subtree, level 0 = leaf hashes: what a NodeGetter is asked.
 NodeId = tuple[int, int]
+
+#: (level, index, hash) of a perfect subtree: what an append completes and a store keeps.
+Node = tuple[int, int, bytes]
 
 _sha256 = hashlib.sha256
 _LEAF_PREFIX = b"\x00"
@@ -335,6 +340,74 @@ def verify_consistency(
 # --------------------------------------------------------------------------------------------
 
 
+class NodeRuns(Sequence[Node]):
+    """The perfect nodes an append completes, grouped by level.
+
+    ``runs`` holds one ``(level, first_index, hashes)`` per level, levels ascending,
+    ``hashes`` the 32-byte hashes of indexes ``first_index, first_index + 1, ...`` back to
+    back: consecutive leaves complete consecutive nodes on every level. As a sequence it is
+    the ``(level, index, hash)`` nodes, level by level, each built only when asked for (an
+    append of k leaves completes about 2k nodes; stores that write runs take ``runs`` as
+    they are)."""
+
+    __slots__ = ("runs", "_len")
+
+    def __init__(self, runs: list[tuple[int, int, bytes]]) -> None:
+        for _, _, hashes in runs:
+            if len(hashes) % HASH_SIZE:
+                raise FormatError(f"a node run must hold 32-byte hashes, got {len(hashes)} bytes")
+        self.runs = runs
+        self._len = sum(len(hashes) for _, _, hashes in runs) // HASH_SIZE
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Node]:
+        for level, first, hashes in self.runs:
+            for k in range(len(hashes) // HASH_SIZE):
+                yield level, first + k, hashes[k * HASH_SIZE : (k + 1) * HASH_SIZE]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return list(self)[i]
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError("node index out of range")
+        for level, first, hashes in self.runs:
+            count = len(hashes) // HASH_SIZE
+            if i < count:
+                return level, first + i, hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE]
+            i -= count
+        raise AssertionError("unreachable")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NodeRuns):
+            return self.runs == other.runs
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"NodeRuns({self._len} nodes on {len(self.runs)} levels)"
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node]) -> NodeRuns:
+        """Group ``nodes`` (of one append: each level's indexes consecutive, in order) into
+        runs; raises :class:`FormatError` if they are not."""
+        runs: dict[int, tuple[int, list[bytes]]] = {}
+        for level, index, h in nodes:
+            run = runs.get(level)
+            if run is None:
+                runs[level] = run = (index, [])
+            elif index != run[0] + len(run[1]):
+                raise FormatError(f"nodes of level {level} are not consecutive at index {index}")
+            if len(h) != HASH_SIZE:
+                raise FormatError(f"node hash must be {HASH_SIZE} bytes, got {len(h)}")
+            run[1].append(h)
+        return cls([(level, first, b"".join(hs)) for level, (first, hs) in sorted(runs.items())])
+
+
 class CompactRange:
     """Right edge of a tree of ``size`` leaves, ``O(log n)`` memory. Incremental root.
 
@@ -407,6 +480,21 @@ class CompactRange:
         for leaf in leaf_hashes:
             completed.extend(self.append(leaf))
         return completed
+
+    def append_runs(self, leaf_hashes: Sequence[bytes]) -> NodeRuns:
+        """:meth:`append_many` with the completed nodes grouped by level (the append hot
+        path: no tuple per node; native code when available)."""
+        native = _accel.native
+        if native is not None and type(leaf_hashes) is list:
+            try:
+                hashes, runs = native.compact_append_runs(self._hashes, self._size, leaf_hashes)
+            except (TypeError, ValueError, OverflowError):
+                pass  # not plain 32-byte hashes: append_many below says what is wrong
+            else:
+                self._hashes = hashes
+                self._size += len(leaf_hashes)
+                return NodeRuns(runs)
+        return NodeRuns.of(self.append_many(leaf_hashes))
 
     @classmethod
     def _of(cls, size: int, hashes: list[bytes]) -> CompactRange:

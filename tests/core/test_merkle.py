@@ -17,6 +17,7 @@ from streamledger.core.merkle import (
     HASH_SIZE,
     CompactRange,
     InMemoryTree,
+    NodeRuns,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -658,3 +659,23 @@ def test_proofs_read_log_n_nodes() -> None:
         assert count <= bound + 1, (old, count)
         verify_consistency(old, n, root_hash(old, tree.get_node), root, proof)
     assert worst > 0
+
+
+def test_node_runs_is_the_sequence_of_its_nodes() -> None:
+    tree = CompactRange()
+    tree.append_many([bytes([i]) * 32 for i in range(5)])
+    nodes = tree.copy().append_many([bytes([100 + i]) * 32 for i in range(11)])
+    runs = tree.append_runs([bytes([100 + i]) * 32 for i in range(11)])
+    assert len(runs) == len(nodes) == 11 + 6 + 3 + 2 + 1  # leaves, then levels 1..4
+    assert sorted(runs) == sorted(nodes)
+    assert list(runs) == [runs[i] for i in range(len(runs))] == runs[:]
+    assert runs[-1] == runs[len(runs) - 1] and runs[0] == (0, 5, bytes([100]) * 32)
+    assert (4, 0, runs[-1][2]) == runs[-1] and runs[-1] in runs
+    with pytest.raises(IndexError):
+        runs[len(runs)]
+    assert NodeRuns.of(nodes) == runs and NodeRuns.of([]) == NodeRuns([]) and len(NodeRuns([])) == 0
+    assert repr(runs) == "NodeRuns(23 nodes on 5 levels)"
+    with pytest.raises(FormatError):
+        NodeRuns.of([(0, 1, bytes(32)), (0, 3, bytes(32))])  # not consecutive
+    with pytest.raises(FormatError):
+        NodeRuns([(0, 0, bytes(33))])

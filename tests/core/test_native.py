@@ -196,6 +196,44 @@ def test_compact_append_bad_leaf_equal() -> None:
     assert native == pure and native[0].__name__ == "FormatError"
 
 
+@needs_native
+@SETTINGS
+@given(before=st.integers(0, 300), added=st.integers(0, 300), seed=st.integers(0, 2**32))
+def test_compact_append_runs_equal(before: int, added: int, seed: int) -> None:
+    """append_runs (native: compact_append_runs) completes the nodes append() lists, grouped
+    by level, and leaves the same range as append_many, native or pure."""
+    start = CompactRange()
+    for leaf in _leaves(before, seed):
+        start.append(leaf)
+    new = _leaves(added, seed + 1)
+    reference = start.copy()
+    ref_nodes = [node for leaf in new for node in reference.append(leaf)]
+
+    def run():
+        tree = start.copy()
+        runs = tree.append_runs(list(new))
+        return runs.runs, sorted(runs), len(runs), tree.size, tree.hashes()
+
+    native, pure = _both(run)
+    assert native == pure
+    runs, nodes, count, size, hashes = native
+    assert nodes == sorted(ref_nodes) and count == len(ref_nodes)
+    assert (size, hashes) == (reference.size, reference.hashes())
+    assert [level for level, _, _ in runs] == list(range(len(runs)))  # one run per level
+    for level, first, blob in runs:
+        assert blob == b"".join(h for lv, i, h in sorted(ref_nodes) if lv == level)
+        assert first == min(i for lv, i, _ in ref_nodes if lv == level)
+
+
+@needs_native
+def test_compact_append_runs_bad_leaf_equal() -> None:
+    def run():
+        return CompactRange().append_runs([bytes(32), b"short"])
+
+    native, pure = _both(run)
+    assert native == pure and native[0].__name__ == "FormatError"
+
+
 # -- verification ----------------------------------------------------------------------------
 
 TAMPERS = [

@@ -123,8 +123,6 @@ def _produce_all(
             poll(0.05)
 
 
-
-
 def _leaf_of(record: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + record[: header_length(record)]).digest()
 
@@ -789,7 +787,7 @@ class KafkaBackend:
                     front = Frontier(offs[-1] + 1, size, _leaf_of(batch.records[-1]), offs[-1])
                     self._written_end[(ledger, partition)] = offs[-1] + 1
                     updates.append(
-                        CacheUpdate(partition, batch.first_seq, offs, list(batch.nodes), front)
+                        CacheUpdate(partition, batch.first_seq, offs, batch.nodes, front)
                     )
                 self._cache(ledger).apply(updates)
             return offsets

@@ -22,13 +22,14 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamledger.backends.base import Node, NodeId
 from streamledger.core import _accel
 from streamledger.core.entry import HASH_SIZE
+from streamledger.core.merkle import NodeRuns
 from streamledger.errors import BackendUnavailable
 
 SCHEMA_VERSION = "2"
@@ -79,7 +80,7 @@ class CacheUpdate:
     partition: int
     first_seq: int
     offsets: list[int]
-    nodes: list[Node]
+    nodes: Sequence[Node]
     frontier: Frontier
 
 
@@ -105,9 +106,11 @@ def segments_of(first_seq: int, offsets: list[int]) -> list[tuple[int, int, int]
     return runs
 
 
-def node_runs(nodes: list[Node]) -> list[tuple[int, int, bytes]]:
+def node_runs(nodes: Sequence[Node]) -> list[tuple[int, int, bytes]]:
     """Group nodes into ``(level, first_index, concatenated hashes)`` runs of consecutive
     indices (what one append completes at each level)."""
+    if type(nodes) is NodeRuns:
+        return nodes.runs
     native = _accel.native
     fast = getattr(native, "node_runs", None)
     if fast is not None and type(nodes) is list:
@@ -118,7 +121,7 @@ def node_runs(nodes: list[Node]) -> list[tuple[int, int, bytes]]:
     return _node_runs_py(nodes)
 
 
-def _node_runs_py(nodes: list[Node]) -> list[tuple[int, int, bytes]]:
+def _node_runs_py(nodes: Sequence[Node]) -> list[tuple[int, int, bytes]]:
     """:func:`node_runs` in Python."""
     open_runs: dict[int, list] = {}  # level -> [first index, next index, hashes]
     runs: list[tuple[int, int, bytes]] = []
