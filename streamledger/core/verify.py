@@ -44,8 +44,11 @@ records is genuine at the tail uses the store's Merkle nodes as a hint only.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import itertools
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -616,6 +619,11 @@ class PartitionVerifier:
                     cur = chunk[n]
                     if n < last:
                         back.extend(reversed(chunk[n + 1 :]))
+                    elif n:
+                        # All but the last record went through: it only lacked a successor,
+                        # so it leads the next chunk (rather than the Python checks below,
+                        # once per chunk; the end of the log comes back here with n == 0).
+                        continue
                 fields = chain_fields(cur.value, prefix)
                 value = cur.value
                 if (
@@ -904,6 +912,35 @@ def _claimed_last_seq(note: str) -> int | None:
     return size - 1 if size else None
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # verifications running with the cyclic GC paused
+_gc_resume = False  # whether the GC was enabled when the first of them paused it
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while records stream through the verifier.
+
+    Verifying builds no reference cycles, but the Kafka client allocates a message object
+    per record (in the read-ahead thread), and each few hundred of them set off a young
+    collection that also walks the verifier's batch lists: about 0.1 us per record, 10 % of
+    the CPU of a verify at 100 B. Nested and concurrent verifications share one pause; the
+    collector is re-enabled (if it was on) when the last one ends."""
+    global _gc_pauses, _gc_resume
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_resume:
+                gc.enable()
+
+
 def verify_partition(
     ledger: str,
     partition: int,
@@ -916,5 +953,6 @@ def verify_partition(
     """Verify one partition. ``trust=None`` checks only the chain and tree, not signatures."""
     verifier = PartitionVerifier(ledger, partition, origin, trust, get_node)
     verifier.load_checkpoints(checkpoint_notes)
-    verifier.feed(records)
+    with _gc_paused():
+        verifier.feed(records)
     return verifier.finish()
