@@ -122,14 +122,15 @@ QUICK = BenchPlan(
 FULL = BenchPlan(
     name="full",
     sizes=(100, 1024, 10240),
-    # Each sample is seconds long (>= ~2.5 s of raw produce here). Up to 1 KiB raw
-    # transactional produce is bound by the ~4 ms round trip of a 1,000-message transaction
-    # (~250K/s at 100 B and at 1 KiB alike), so 600,000 entries (60 MB / 600 MB); at 10 KiB
-    # it is bound by bytes (~300 MB/s), so 100,000 entries (1 GB), which also keeps
+    # Each sample is seconds long (>= ~2.5 s of raw produce on a warm broker here). Up to
+    # 1 KiB raw transactional produce is bound by the round trip of a 1,000-message
+    # transaction (~2.2 ms at 100 B, ~4 ms at 1 KiB: 450K/s and 250K/s), so 1,200,000 and
+    # 600,000 entries (120 MB / 600 MB); at 10 KiB it is bound by bytes (~300 MB/s), so
+    # 100,000 entries (1 GB), which also keeps
     # verification seconds long. 150,000 x 1 KiB (0.6 s) samples moved by 30 % round to
     # round: one 20 ms stall (librdkafka's fixed backoff on CONCURRENT_TRANSACTIONS) more or
     # less is 3 % of such a sample.
-    kafka_entries={100: 600_000, 1024: 600_000, 10240: 100_000},
+    kafka_entries={100: 1_200_000, 1024: 600_000, 10240: 100_000},
     batch=1000,
     sqlite_entries=300_000,
     proof_log_sizes=(1_000_000, 10_000_000),
@@ -489,7 +490,7 @@ def _kafka_rows(
         count = plan.kafka_entries[size]
         payloads = [os.urandom(size) for _ in range(min(count, 2000))]
         payloads = [payloads[i % len(payloads)] for i in range(count)]
-        # The benchmark's own data (the 600,000-entry payload list above all) out of the
+        # The benchmark's own data (the payload list of 600,000 entries and more) out of the
         # garbage collector's full collections, for every side alike: the sequencer, which
         # allocates per message, ran 9 full collections per 600,000 x 100 B of ~8 ms each,
         # mostly walking that list, which a sequencer process does not hold (0.4 ms frozen).
