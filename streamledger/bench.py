@@ -122,11 +122,12 @@ QUICK = BenchPlan(
 FULL = BenchPlan(
     name="full",
     sizes=(100, 1024, 10240),
-    # Each sample is seconds long (>= ~2.5 s of raw produce on a warm broker here). Up to
+    # Each sample is seconds long (~2.5 s of raw produce on a warm broker here). Up to
     # 1 KiB raw transactional produce is bound by the round trip of a 1,000-message
     # transaction (~2.2 ms at 100 B, ~4 ms at 1 KiB: 450K/s and 250K/s), so 1,200,000 and
-    # 600,000 entries (120 MB / 600 MB); at 10 KiB it is bound by bytes (~300 MB/s), so
-    # 100,000 entries (1 GB), which also keeps
+    # 600,000 entries (120 MB / 600 MB); at 10 KiB it is bound by bytes (~800 MB/s), and
+    # 100,000 entries (1 GB, 1.2-1.4 s) are enough there: with 10 MB transactions a 20 ms
+    # stall weighs little (rounds within 11 %). 1 GB also keeps
     # verification seconds long. 150,000 x 1 KiB (0.6 s) samples moved by 30 % round to
     # round: one 20 ms stall (librdkafka's fixed backoff on CONCURRENT_TRANSACTIONS) more or
     # less is 3 % of such a sample.
