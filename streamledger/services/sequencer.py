@@ -303,11 +303,6 @@ class Sequencer:
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[tuple[Future[None], _Batch]] = deque()
         self._heads: dict[int, Any] = {}
-        # the consumer's group metadata (generation, member id) for the offsets of each
-        # transaction: it only changes when the group rebalances, and every rebalance goes
-        # through _on_assign / _on_revoke / _on_lost, which drop it (asking librdkafka for it
-        # is a round trip through its main thread: ~0.4 ms a batch, 5 % of the main thread)
-        self._group_metadata: Any = None
 
     # -- public ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -442,7 +437,6 @@ class Sequencer:
         )
         if self.static:
             conf["group.instance.id"] = self.instance_id
-        self._group_metadata = None
         try:
             self._consumer = Consumer(conf)
         except KafkaException as exc:
@@ -497,7 +491,6 @@ class Sequencer:
         then re-read the ledger heads."""
         assert self.ledger is not None
         self._drain()
-        self._group_metadata = None  # a new generation
         parts = [tp.partition for tp in partitions]
         if not parts:
             return
@@ -517,7 +510,6 @@ class Sequencer:
         # generation) commit first; then nothing is open; sign a checkpoint of what we wrote
         # before handing the partitions over
         self._drain()
-        self._group_metadata = None
         with contextlib.suppress(StreamledgerError):
             self._checkpoint(self._dirty & parts)
         self._release(parts)
@@ -527,7 +519,6 @@ class Sequencer:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with contextlib.suppress(StreamledgerError):
             self._drain()  # most likely fenced: then it is aborted and rewound
-        self._group_metadata = None
         parts = {tp.partition for tp in partitions}
         self._release(parts)
         self._say(f"sequencer {self.instance_id}: lost intake partitions {sorted(parts)}")
@@ -659,11 +650,9 @@ class Sequencer:
         if not self._in_flight:
             self._heads = self.ledger._writers_view()
         staged = self.ledger._stage(items, targets, self._heads)  # moves self._heads on
-        if self._group_metadata is None:
-            self._group_metadata = self._consumer.consumer_group_metadata()
         transaction = {
             "consumer_offsets": [TopicPartition(self.intake, p, o) for p, o in offsets.items()],
-            "group_metadata": self._group_metadata,
+            "group_metadata": self._consumer.consumer_group_metadata(),
             "extra_records": rejects,
         }
         return _Batch(staged, items, set(targets), len(rejects), sorted(offsets), transaction)
@@ -743,7 +732,6 @@ class Sequencer:
         assert self._consumer is not None and self.ledger is not None
         self.stats.aborted += 1
         self._failures += 1
-        self._group_metadata = None  # maybe refused as stale: ask librdkafka again
         self._say(f"sequencer {self.instance_id}: transaction failed, rewinding: {exc}")
         if self._failures >= _MAX_FAILURES:
             raise exc
