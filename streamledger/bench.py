@@ -2,12 +2,12 @@
 
 Everything compared is measured in the same run, on the same broker, with the same payloads
 and the same client settings. Absolute rates are noisy on a shared 2-core machine (raw
-baselines move 2-3x between runs), so every Kafka throughput comparison first runs a
-discarded warm-up round (the broker's JIT, its group and transaction coordinators), then
-``repeat`` interleaved rounds (raw and ledger take turns, the order reversed every other
-round), each sample seconds long, and reports the median of each side and the ratio of those
-medians; the best samples, their ratio and every sample (warm-up included) are kept in the
-JSON output. See docs/benchmarks.md for why.
+baselines move 2-3x between runs), so the Kafka section first warms the broker up (its JVM
+compiles its hot paths over tens of seconds of traffic), every comparison then runs a
+discarded warm-up round per payload size, then ``repeat`` interleaved rounds (raw and ledger
+take turns, the order reversed every other round), each sample seconds long, and reports the
+median of each side and the ratio of those medians; the best samples, their ratio and every
+sample (warm-up included) are kept in the JSON output. See docs/benchmarks.md for why.
 
 Modes: ``--quick`` (under a minute, one measured round, used by the test suite as a smoke
 run) and the default full mode (five rounds, 10M-entry proof logs and the
@@ -127,10 +127,10 @@ FULL = BenchPlan(
     # transaction (~2.2 ms at 100 B, ~4 ms at 1 KiB: 450K/s and 250K/s), so 1,200,000 and
     # 600,000 entries (120 MB / 600 MB); at 10 KiB it is bound by bytes (~800 MB/s), and
     # 100,000 entries (1 GB, 1.2-1.4 s) are enough there: with 10 MB transactions a 20 ms
-    # stall weighs little (rounds within 11 %). 1 GB also keeps
-    # verification seconds long. 150,000 x 1 KiB (0.6 s) samples moved by 30 % round to
-    # round: one 20 ms stall (librdkafka's fixed backoff on CONCURRENT_TRANSACTIONS) more or
-    # less is 3 % of such a sample.
+    # stall weighs little (rounds within 11 %), and 1 GB keeps verification seconds long.
+    # The 150,000 x 1 KiB (0.6 s) samples of earlier runs moved by 30 % round to round: one
+    # 20 ms stall (librdkafka's fixed backoff on CONCURRENT_TRANSACTIONS) more or less is
+    # 3 % of such a sample.
     kafka_entries={100: 1_200_000, 1024: 600_000, 10240: 100_000},
     batch=1000,
     sqlite_entries=300_000,
