@@ -87,6 +87,7 @@ _BATCH_BYTES = 4 << 20  # ... and about this many bytes
 # during a verify; 256 KB ones let it use them (and cost less CPU per record: the batch's
 # records are freed, and their memory reused, sooner).
 _SCAN_BATCH_BYTES = 256 << 10
+_SCAN_FETCH_MIN = 8  # (so that large records do not make the batches, x16, large)
 _READ_AHEAD = 16  # batches a scan's reader thread may hold ahead of the caller (~4 MB)
 _CACHE_FLUSH = 50_000
 _READER_GROUP = "streamledger-reader"  # assign() only: never joins, never commits
@@ -312,14 +313,17 @@ class KafkaBackend:
         start: int,
         stop: int,
         batch_bytes: int = _BATCH_BYTES,
+        min_records: int = _FETCH_MIN,
     ) -> Iterator[list[Message]]:
         """Batches of committed messages with ``start <= offset < stop``, in order, of about
-        ``batch_bytes`` each (at least ``_FETCH_MIN`` records)."""
+        ``batch_bytes`` each (at least ``min_records`` records)."""
         if start >= stop:
             return
         consumer.assign([TopicPartition(topic, partition, start)])
         try:
-            yield from self._fetch_assigned(consumer, topic, partition, start, stop, batch_bytes)
+            yield from self._fetch_assigned(
+                consumer, topic, partition, start, stop, batch_bytes, min_records
+            )
         finally:
             # an idle assignment keeps a long-poll Fetch in flight, which would delay
             # every later request (watermarks) on the same broker connection
@@ -334,13 +338,14 @@ class KafkaBackend:
         start: int,
         stop: int,
         batch_bytes: int = _BATCH_BYTES,
+        min_records: int = _FETCH_MIN,
     ) -> Iterator[list[Message]]:
         deadline = time.monotonic() + self.timeout
         position = start
         # The record size is unknown until the first batch: ask for few records first (the
         # broker's first answer may hold fewer than _FETCH_BATCH large records, and consume()
         # would then wait its whole timeout for the rest).
-        count = _FETCH_MIN
+        count = min_records
         while True:
             # consume() waits its whole timeout unless `count` records are queued: ask for
             # about batch_bytes worth, so large records come back as soon as they are here
@@ -355,7 +360,7 @@ class KafkaBackend:
                     )
                 continue
             size = (len(msgs[0]) + len(msgs[-1])) // 2 + 64
-            count = max(_FETCH_MIN, min(_FETCH_BATCH, batch_bytes // size))
+            count = max(min_records, min(_FETCH_BATCH, batch_bytes // size))
             out = msgs
             done = False
             last = msgs[-1]
@@ -1010,7 +1015,10 @@ class KafkaBackend:
         consumer = None
         try:
             consumer = self._consumer()
-            for batch in self._fetch(consumer, ledger, partition, low, lso, _SCAN_BATCH_BYTES):
+            batches = self._fetch(
+                consumer, ledger, partition, low, lso, _SCAN_BATCH_BYTES, _SCAN_FETCH_MIN
+            )
+            for batch in batches:
                 native = _accel.native
                 if native is not None:
                     unpacked = native.unpack_messages(batch)
