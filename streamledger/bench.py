@@ -458,6 +458,60 @@ def _warm_broker(
     return {"seconds": time.perf_counter() - started, "entries_per_chunk": 100_000, **chunks}
 
 
+class _CpuMeter:
+    """CPU seconds spent during one measurement call (setup included): by the benchmark
+    process (its threads and waited-for children), by the broker (when the benchmark
+    started it and knows its pid) and by everything else on the machine, so that a sample
+    disturbed by other processes shows as such in the JSON."""
+
+    def __init__(self, broker_pid: int | None = None) -> None:
+        self.broker_pid = broker_pid
+        self._start: tuple[float, float, float | None, float | None] | None = None
+
+    @staticmethod
+    def _proc_cpu(pid: int) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def _machine_busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+            return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _now(self) -> tuple[float, float, float | None, float | None]:
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        broker = self._proc_cpu(self.broker_pid) if self.broker_pid else None
+        return time.perf_counter(), own, broker, self._machine_busy()
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> dict[str, float | None]:
+        assert self._start is not None
+        (w0, own0, b0, m0), (w1, own1, b1, m1) = self._start, self._now()
+        broker = b1 - b0 if b0 is not None and b1 is not None else None
+        machine = m1 - m0 if m0 is not None and m1 is not None else None
+        other = None
+        if machine is not None and broker is not None:
+            other = max(0.0, machine - (own1 - own0) - broker)
+        return {
+            "wall_s": w1 - w0,
+            "bench_cpu_s": own1 - own0,
+            "broker_cpu_s": broker,
+            "other_cpu_s": other,
+        }
+
+
 def _round_label(size: int, count: int, round_: int | None, repeat: int) -> str:
     which = "warm-up" if round_ is None else f"{round_ + 1}/{repeat}"
     return f"  {size} B x {count:,} [{which}]"
@@ -471,6 +525,7 @@ def _kafka_rows(
     state_dir: Path,
     repeat: int,
     sizes: tuple[int, ...] | None = None,
+    broker_pid: int | None = None,
 ) -> list[dict[str, Any]]:
     """Per payload size: ``plan.warmup`` discarded warm-up rounds, then ``repeat`` measured
     rounds of raw produce / ledger append / sequencer (each round on fresh topics, the order
@@ -499,6 +554,9 @@ def _kafka_rows(
         tag = f"bench{size}x{uuid.uuid4().hex[:8]}"
         samples: dict[str, list[float]] = {name: [] for name in KAFKA_SAMPLES}
         warmup: dict[str, list[float]] = {name: [] for name in KAFKA_SAMPLES}
+        # CPU spent during each measured sample (same order as ``samples``)
+        cpu: dict[str, list[dict[str, float | None]]] = {name: [] for name in KAFKA_SAMPLES}
+        meter = _CpuMeter(broker_pid)
 
         backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
         try:
@@ -538,7 +596,10 @@ def _kafka_rows(
                 kept = warmup if round_ is None else samples
                 for name, what, measure in _round_order(steps, round_):
                     _say(f"{_round_label(size, count, round_, repeat)}: {what}")
+                    meter.start()
                     kept[name].append(measure())
+                    if round_ is not None:
+                        cpu[name].append(meter.stop())
                 # this round's topics, but for the ledger verified below (sequencer_rate's
                 # intake and ledger are named after its tag)
                 done = [raw_topic, f"intake-{tag}-{index}", f"seq-{tag}-{index}"]
@@ -555,10 +616,13 @@ def _kafka_rows(
                     "(1 process) / verify (2 processes)"
                 )
                 for workers in _round_order([0, 1, 2], round_):  # 0: raw consume
+                    meter.start()
                     if workers == 0:
                         kept["raw_consume_per_s"].append(
                             raw_consume(bootstrap, extra, measured.name, partitions, total)
                         )
+                        if round_ is not None:
+                            cpu["raw_consume_per_s"].append(meter.stop())
                         continue
                     started = time.perf_counter()
                     report = measured.verify(trust, workers=workers, opener=opener)
@@ -568,11 +632,14 @@ def _kafka_rows(
                             f"benchmark ledger did not verify: {report.findings[:3]}"
                         )
                     kept[f"verify_w{workers}_per_s"].append(rate)
+                    if round_ is not None:
+                        cpu[f"verify_w{workers}_per_s"].append(meter.stop())
         finally:
             backend.close()
             _delete_topics(bootstrap, extra, tag)
             gc.unfreeze()
         rows.append(_kafka_row(size, count, samples, warmup))
+        rows[-1]["cpu"] = cpu
     return rows
 
 
@@ -830,7 +897,14 @@ def run_bench(
                         bootstrap, extra, plan.broker_warmup_s, plan.batch, key, state
                     )
                 results["kafka"] = _kafka_rows(
-                    bootstrap, extra, plan, key, state, repeat, kafka_sizes
+                    bootstrap,
+                    extra,
+                    plan,
+                    key,
+                    state,
+                    repeat,
+                    kafka_sizes,
+                    broker_pid=broker.pid if broker is not None else None,
                 )
             if anchor_entries and "anchor" in sections:
                 timed(f"KafkaBlockchain-shaped run: {anchor_entries:,} entries, 3 partitions")

@@ -121,3 +121,32 @@ def test_a_rounds_topics_are_its_ledgers_with_their_suffixed_topics_only():
         "seq-b1-1",
         "seq-b1-1.rejects",
     ]
+
+
+def test_cpu_meter_accounts_the_benchmark_process_and_the_broker():
+    import subprocess
+    import sys
+    import time
+
+    from streamledger.bench import _CpuMeter
+
+    meter = _CpuMeter()
+    meter.start()
+    burnt = time.process_time()
+    while time.process_time() - burnt < 0.2:  # burn CPU in this process
+        pass
+    alone = meter.stop()
+    assert alone["bench_cpu_s"] >= 0.1 and alone["wall_s"] > 0
+    # without a broker pid, neither the broker's nor the others' share is known
+    assert alone["broker_cpu_s"] is None and alone["other_cpu_s"] is None
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        meter = _CpuMeter(sleeper.pid)
+        meter.start()
+        stopped = meter.stop()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert stopped["broker_cpu_s"] is not None and stopped["broker_cpu_s"] >= 0
+    assert stopped["other_cpu_s"] is not None and stopped["other_cpu_s"] >= 0

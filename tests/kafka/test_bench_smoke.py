@@ -74,6 +74,10 @@ def test_quick_benchmark_runs_and_reports_every_measurement(kafka_bootstrap, tmp
         assert row["verify_per_s"] == row[f"verify_w{row['verify_workers']}_per_s"]
         assert row["verify_per_s"] == max(row["verify_w1_per_s"], row["verify_w2_per_s"])
         assert len(row["round_ratios"]["append"]) == 2
+        # the CPU spent during each measured sample (the broker's: not known, given with -b)
+        for name in KAFKA_SAMPLES:
+            assert len(row["cpu"][name]) == 2, (size, name)
+            assert all(c["bench_cpu_s"] >= 0 and c["wall_s"] > 0 for c in row["cpu"][name])
         assert row["verify_ratio"] == pytest.approx(row["verify_per_s"] / row["raw_consume_per_s"])
     assert saved["anchor"]["entries"] == 6_000
     assert saved["anchor"]["produce_s"] > 0 and saved["anchor"]["verify_s"] > 0
