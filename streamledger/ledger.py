@@ -22,6 +22,7 @@ import operator
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -439,31 +440,49 @@ class Ledger:
         """Append a long stream in batches of ``batch_size``, each batch atomic.
 
         While the backend writes one batch (a Kafka transaction commits, SQLite syncs), the
-        next one is built, so hashing overlaps I/O. Receipts come in input order once their
-        batch is stored. If a batch fails, the error is raised and nothing after it is
-        written; the batches before it stay written (their receipts were yielded)."""
+        next one waits right behind it and the one after is built, so hashing overlaps I/O
+        and the backend never waits for this thread. Receipts come in input order once
+        their batch is stored. If a batch fails, the error is raised and nothing after it
+        is written; the batches before it stay written (their receipts were yielded). A
+        caller that stops early gets no receipts for the batch being written then, which
+        may still land; none after it is written."""
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
         if partition is not None:
             self._check_partition(partition)
+        halt = threading.Event()  # set: batches not started yet are not stored
+
+        def store(batches: dict[int, AppendBatch]) -> Mapping[int, list[int]]:
+            if halt.is_set():
+                raise _NotStored
+            try:
+                return self.backend.append(self.name, batches)
+            except BaseException:
+                halt.set()  # the batch queued behind this one was built on its heads
+                raise
+
         with self._lock, ThreadPoolExecutor(1, thread_name_prefix="streamledger-append") as pool:
             heads = self._writers_view()
-            # the pool thread only stores a batch; this one gives its receipts (and moves
-            # the heads) while the pool stores the next, so receipts overlap the commit
-            in_flight: tuple[_Staged, Future[Mapping[int, list[int]]]] | None = None
-            for chunk in _chunks(items, batch_size):
-                if set(map(type, chunk)) == {bytes}:  # plain payloads (exactly bytes)
-                    targets = self._plain_targets(len(chunk), partition)
-                    staged = self._stage(chunk, targets, heads, plain=True)
-                else:
-                    normalized = [_normalize(item) for item in chunk]
-                    targets = self._targets(normalized, partition)
-                    staged = self._stage(normalized, targets, heads)
-                if in_flight is not None:
-                    yield from self._streamed(*in_flight)
-                in_flight = staged, pool.submit(self.backend.append, self.name, staged.batches)
-            if in_flight is not None:
-                yield from self._streamed(*in_flight)
+            # Two batches in the pool at most: the one being stored and the next, queued
+            # behind it; this thread gives the first one's receipts (and moves the heads),
+            # then builds the batch after the next.
+            in_flight: deque[tuple[_Staged, Future[Mapping[int, list[int]]]]] = deque()
+            try:
+                for chunk in _chunks(items, batch_size):
+                    if set(map(type, chunk)) == {bytes}:  # plain payloads (exactly bytes)
+                        targets = self._plain_targets(len(chunk), partition)
+                        staged = self._stage(chunk, targets, heads, plain=True)
+                    else:
+                        normalized = [_normalize(item) for item in chunk]
+                        targets = self._targets(normalized, partition)
+                        staged = self._stage(normalized, targets, heads)
+                    in_flight.append((staged, pool.submit(store, staged.batches)))
+                    if len(in_flight) == 2:
+                        yield from self._streamed(*in_flight.popleft())
+                while in_flight:
+                    yield from self._streamed(*in_flight.popleft())
+            finally:
+                halt.set()  # an error, or the caller stopped: store nothing more
 
     def _streamed(
         self, staged: _Staged, stored: Future[Mapping[int, list[int]]]
@@ -1045,6 +1064,10 @@ def _normalize(item: bytes | AppendItem) -> AppendItem:
     if isinstance(item, bytes | bytearray | memoryview):
         return AppendItem(bytes(item))
     raise TypeError(f"payloads must be bytes or AppendItem, not {type(item).__name__}")
+
+
+class _NotStored(Exception):
+    """A batch of :meth:`Ledger.append_stream` skipped after an earlier one failed."""
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
