@@ -201,6 +201,10 @@ class KafkaBackend:
         # Commit markers reach partitions asynchronously, so a read right after a commit
         # waits (bounded) until the last stable offset has passed our records.
         self._written_end: dict[tuple[str, int], int] = {}
+        # The size of each partition as this backend last knew it from its node cache: set
+        # by every _sync and every commit, the only ways the cache moves here, so a writer
+        # checks a batch's first seq without a cache query per partition and transaction.
+        self._sizes: dict[tuple[str, int], int] = {}
         self._doc_cache: dict[str, tuple[int, list[tuple[str, bytes]]]] = {}
         self._doc_topics: set[str] = set()
         self._caches: dict[str, NodeCache] = {}
@@ -578,6 +582,12 @@ class KafkaBackend:
     def _sync(self, ledger: str, partition: int) -> Frontier:
         """Bring the cache of one partition up to the topic's committed end."""
         with self._lock:
+            front = self._synced_front(ledger, partition)
+            self._sizes[(ledger, partition)] = front.size
+            return front
+
+    def _synced_front(self, ledger: str, partition: int) -> Frontier:
+        with self._lock:
             cache = self._cache(ledger)
             low, lso = self._watermarks(ledger, partition)
             front = cache.frontier(partition)
@@ -784,16 +794,17 @@ class KafkaBackend:
                     else:
                         synced = (ledger, partition) in writer.synced_other
                     if not synced:
-                        front = self._sync(ledger, partition)
+                        size = self._sync(ledger, partition).size
                         if ledger == via:
                             writer.synced.add(partition)
                         else:
                             writer.synced_other.add((ledger, partition))
                     else:
-                        front = cache.frontier(partition)
-                    if front.size != batch.first_seq:
+                        known = self._sizes.get((ledger, partition))
+                        size = cache.frontier(partition).size if known is None else known
+                    if size != batch.first_seq:
                         raise WriteConflict(
-                            f"ledger {ledger!r} partition {partition} has {front.size} entries, "
+                            f"ledger {ledger!r} partition {partition} has {size} entries, "
                             f"but the batch starts at seq {batch.first_seq}: another writer "
                             "appended meanwhile"
                         )
@@ -810,6 +821,7 @@ class KafkaBackend:
                     size = batch.first_seq + len(batch.records)
                     front = Frontier(offs[-1] + 1, size, _leaf_of(batch.records[-1]), offs[-1])
                     self._written_end[(ledger, partition)] = offs[-1] + 1
+                    self._sizes[(ledger, partition)] = size
                     updates.append(
                         CacheUpdate(partition, batch.first_seq, offs, batch.nodes, front)
                     )

@@ -256,24 +256,32 @@ class NodeCache:
             with self._lock:
                 conn = self._conn
                 conn.execute("BEGIN")
-                try:
-                    for up in updates:
-                        p = up.partition
-                        if up.nodes:
-                            conn.executemany(
-                                "INSERT OR REPLACE INTO node_runs VALUES (?, ?, ?, ?)",
-                                [(p, *run) for run in node_runs(up.nodes)],
+                try:  # three statements for all the partitions of an append
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO node_runs VALUES (?, ?, ?, ?)",
+                        [(up.partition, *run) for up in updates for run in node_runs(up.nodes)],
+                    )
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?)",
+                        [
+                            (up.partition, *run)
+                            for up in updates
+                            for run in segments_of(up.first_seq, up.offsets)
+                        ],
+                    )
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO frontier VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (
+                                up.partition,
+                                up.frontier.next_offset,
+                                up.frontier.size,
+                                up.frontier.last_leaf,
+                                up.frontier.last_offset,
                             )
-                        if up.offsets:
-                            conn.executemany(
-                                "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?)",
-                                [(p, *run) for run in segments_of(up.first_seq, up.offsets)],
-                            )
-                        f = up.frontier
-                        conn.execute(
-                            "INSERT OR REPLACE INTO frontier VALUES (?, ?, ?, ?, ?)",
-                            (p, f.next_offset, f.size, f.last_leaf, f.last_offset),
-                        )
+                            for up in updates
+                        ],
+                    )
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
