@@ -825,7 +825,8 @@ class KafkaBackend:
                     updates.append(
                         CacheUpdate(partition, batch.first_seq, offs, batch.nodes, front)
                     )
-                self._cache(ledger).apply(updates)
+                # written by the cache's own thread while the next transaction runs
+                self._cache(ledger).apply_later(updates)
             return offsets
 
     def _transact(

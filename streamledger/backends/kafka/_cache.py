@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ from streamledger.core import _accel
 from streamledger.core.entry import HASH_SIZE
 from streamledger.core.merkle import NodeRuns
 from streamledger.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "2"
 #: Nodes per batched lookup statement (2 bound values each, well under SQLite's limit).
@@ -177,11 +181,16 @@ class NodeCache:
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+        # apply_later: updates waiting for the applier thread, oldest first
+        self._queue: deque[list[CacheUpdate]] = deque()
+        self._queued = threading.Condition()
+        self._applier: threading.Thread | None = None
         if self.meta("schema") not in (None, SCHEMA_VERSION):
             self.reset()
         self.set_meta("schema", SCHEMA_VERSION)
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+        self._settle()
         try:
             with self._lock:
                 return self._conn.execute(sql, args).fetchall()
@@ -251,12 +260,63 @@ class NodeCache:
 
     # -- updates -----------------------------------------------------------------------
     def apply(self, updates: list[CacheUpdate]) -> None:
-        """Record new entries (nodes, offsets, frontier) of several partitions at once."""
+        """Record new entries (nodes, offsets, frontier) of several partitions at once.
+
+        The cache only grows contiguously: an update that does not start at its
+        partition's cached size is left out (the cache is then behind the topic, or
+        already past the update, and the backend follows the topic from where it stands)."""
+        self._settle()
+        self._apply(updates)
+
+    def apply_later(self, updates: list[CacheUpdate]) -> None:
+        """:meth:`apply` on the cache's own thread, in order, so the appending thread does
+        not wait for SQLite; every other method of the cache first waits until the updates
+        queued before it are written. One that fails is logged and lost: the cache is then
+        behind the topic, and the backend follows the topic again when it reads."""
+        with self._queued:
+            self._queue.append(updates)
+            if self._applier is None:
+                self._applier = threading.Thread(
+                    target=self._apply_queued,
+                    name=f"node-cache-apply {self.path.name}",
+                    daemon=True,
+                )
+                self._applier.start()
+            self._queued.notify_all()
+
+    def _apply_queued(self) -> None:
+        while True:
+            with self._queued:
+                while not self._queue and not self._stop:
+                    self._queued.wait()
+                if not self._queue:
+                    return
+                updates = self._queue[0]
+            try:
+                self._apply(updates)
+            except BackendUnavailable as exc:
+                log.warning("%s; the node cache follows the topic again when read", exc)
+            except BaseException:  # the thread goes on: a lost update only slows reads
+                log.exception("node cache %s: an update failed", self.path)
+            with self._queued:
+                self._queue.popleft()
+                self._queued.notify_all()
+
+    def _settle(self) -> None:
+        """Wait until the updates queued by :meth:`apply_later` are written."""
+        if self._queue and threading.current_thread() is not self._applier:
+            with self._queued:
+                while self._queue:
+                    self._queued.wait()
+
+    def _apply(self, updates: list[CacheUpdate]) -> None:
         try:
             with self._lock:
                 conn = self._conn
                 conn.execute("BEGIN")
-                try:  # three statements for all the partitions of an append
+                try:  # four statements for all the partitions of an append
+                    sizes = dict(conn.execute("SELECT partition, size FROM frontier").fetchall())
+                    updates = [up for up in updates if up.first_seq == sizes.get(up.partition, 0)]
                     conn.executemany(
                         "INSERT OR REPLACE INTO node_runs VALUES (?, ?, ?, ?)",
                         [(up.partition, *run) for up in updates for run in node_runs(up.nodes)],
@@ -334,6 +394,13 @@ class NodeCache:
                     self._run(f"DELETE FROM {table} WHERE partition=?", (partition,))
 
     def close(self) -> None:
+        self._settle()
+        applier = self._applier
+        if applier is not None:
+            with self._queued:
+                self._stop = True
+                self._queued.notify_all()
+            applier.join(30)
         thread = self._thread
         if thread is not None:
             self._stop = True
