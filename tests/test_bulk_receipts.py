@@ -8,14 +8,12 @@ import copy
 import dataclasses
 import itertools
 import pickle
-import random
 
 import pytest
 
 from streamledger.backends.kafka._backend import _produce_all
-from streamledger.backends.kafka._cache import _node_runs_py, node_runs, segments_of
+from streamledger.backends.kafka._cache import segments_of
 from streamledger.backends.memory import MemoryBackend
-from streamledger.core.merkle import CompactRange
 from streamledger.ledger import (
     AppendItem,
     Ledger,
@@ -139,26 +137,6 @@ def test_segments_of_consecutive_and_not() -> None:
     assert segments_of(3, [5, 6, 8, 9]) == [(3, 5, 2), (5, 8, 2)]
     assert segments_of(0, [7, 5, 6]) == [(0, 7, 1), (1, 5, 2)]
     assert segments_of(0, [1]) == [(0, 1, 1)] and segments_of(0, []) == []
-
-
-def test_native_node_runs_match_the_python_loop() -> None:
-    tree = CompactRange()
-    cases = [tree.append_many([bytes([n % 256]) * 32 for _ in range(n)]) for n in (1, 2, 7, 8, 999)]
-    rnd = random.Random(6962)
-    for _ in range(500):  # runs broken and restarted, levels in any order, odd hash sizes
-        cases.append(
-            [
-                (
-                    rnd.randrange(3),
-                    rnd.randrange(6),
-                    bytes([rnd.randrange(256)]) * rnd.choice([32, 3]),
-                )
-                for _ in range(rnd.randrange(12))
-            ]
-        )
-    for nodes in cases:
-        assert node_runs(nodes) == _node_runs_py(nodes)
-    assert node_runs([[0, 4, b"x"], [0, 5, b"y"]]) == [(0, 4, b"xy")]  # not tuples: Python
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 4])

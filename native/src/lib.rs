@@ -477,56 +477,6 @@ fn unpack_messages<'py>(
     Ok((PyList::new(py, offsets)?, PyList::new(py, values)?))
 }
 
-/// Group Merkle nodes ``(level, index, hash)`` into ``(level, first_index, hashes joined)``
-/// runs of consecutive indices: exactly ``node_runs`` of the Kafka node cache (a run ends
-/// when its level's next node is not the next index; the runs still open at the end come
-/// in order of their level's first appearance).
-#[pyfunction]
-fn node_runs<'py>(py: Python<'py>, nodes: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
-    struct Run {
-        level: i64,
-        first: i64,
-        next: i64,
-        hashes: Vec<u8>,
-    }
-    let out = PyList::empty(py);
-    let mut open: Vec<Run> = Vec::new();
-    for item in nodes.iter() {
-        let t = item
-            .downcast::<PyTuple>()
-            .map_err(|_| PyTypeError::new_err("nodes must be tuples"))?;
-        if t.len() != 3 {
-            return Err(PyTypeError::new_err("nodes must be (level, index, hash)"));
-        }
-        let level: i64 = t.get_item(0)?.extract()?;
-        let index: i64 = t.get_item(1)?.extract()?;
-        let hash = t.get_item(2)?.downcast_into::<PyBytes>()?;
-        match open.iter_mut().find(|run| run.level == level) {
-            Some(run) if run.next == index => {
-                run.next = index + 1;
-                run.hashes.extend_from_slice(hash.as_bytes());
-            }
-            Some(run) => {
-                out.append((run.level, run.first, PyBytes::new(py, &run.hashes)))?;
-                run.first = index;
-                run.next = index + 1;
-                run.hashes.clear();
-                run.hashes.extend_from_slice(hash.as_bytes());
-            }
-            None => open.push(Run {
-                level,
-                first: index,
-                next: index + 1,
-                hashes: hash.as_bytes().to_vec(),
-            }),
-        }
-    }
-    for run in &open {
-        out.append((run.level, run.first, PyBytes::new(py, &run.hashes)))?;
-    }
-    Ok(out)
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
@@ -535,6 +485,5 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compact_append_runs, m)?)?;
     m.add_function(wrap_pyfunction!(verify_run, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_messages, m)?)?;
-    m.add_function(wrap_pyfunction!(node_runs, m)?)?;
     Ok(())
 }

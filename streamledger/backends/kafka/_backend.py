@@ -615,7 +615,7 @@ class KafkaBackend:
         start = max(front.next_offset, low)
         expected, prev = front.size, front.last_leaf or ZERO_HASH
         last_offset = front.last_offset
-        first_seq, offsets, nodes = expected, [], []
+        first_seq, offsets, leaves = expected, [], []
         for batch in self._own_entries(self._reader(), ledger, partition, start, lso):
             for m, entry in batch:
                 h = entry.header
@@ -630,16 +630,18 @@ class KafkaBackend:
                         )
                     continue
                 leaf = hashlib.sha256(b"\x00" + entry.header_bytes).digest()
-                nodes.extend(tree.append(leaf))
+                leaves.append(leaf)
                 last_offset = m.offset()
                 offsets.append(last_offset)
                 expected += 1
                 prev = leaf
             if len(offsets) >= _CACHE_FLUSH:
                 front = Frontier(last_offset + 1, expected, prev, last_offset)  # type: ignore[operator]
+                nodes = tree.append_runs(leaves)
                 cache.apply([CacheUpdate(partition, first_seq, offsets, nodes, front)])
-                first_seq, offsets, nodes = expected, [], []
+                first_seq, offsets, leaves = expected, [], []
         front = Frontier(lso, expected, prev if expected else None, last_offset)
+        nodes = tree.append_runs(leaves)
         cache.apply([CacheUpdate(partition, first_seq, offsets, nodes, front)])
         return front
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamledger.backends.base import Node, NodeId
-from streamledger.core import _accel
 from streamledger.core.entry import HASH_SIZE
 from streamledger.core.merkle import NodeRuns
 from streamledger.errors import BackendUnavailable
@@ -110,37 +109,10 @@ def segments_of(first_seq: int, offsets: list[int]) -> list[tuple[int, int, int]
     return runs
 
 
-def node_runs(nodes: Sequence[Node]) -> list[tuple[int, int, bytes]]:
-    """Group nodes into ``(level, first_index, concatenated hashes)`` runs of consecutive
-    indices (what one append completes at each level)."""
-    if type(nodes) is NodeRuns:
-        return nodes.runs
-    native = _accel.native
-    fast = getattr(native, "node_runs", None)
-    if fast is not None and type(nodes) is list:
-        try:
-            return fast(nodes)
-        except (TypeError, ValueError, OverflowError):
-            pass  # not plain (int, int, bytes) tuples: the loop below
-    return _node_runs_py(nodes)
-
-
-def _node_runs_py(nodes: Sequence[Node]) -> list[tuple[int, int, bytes]]:
-    """:func:`node_runs` in Python."""
-    open_runs: dict[int, list] = {}  # level -> [first index, next index, hashes]
-    runs: list[tuple[int, int, bytes]] = []
-    for level, index, h in nodes:
-        run = open_runs.get(level)
-        if run is not None and run[1] == index:
-            run[1] = index + 1
-            run[2].append(h)
-            continue
-        if run is not None:
-            runs.append((level, run[0], b"".join(run[2])))
-        open_runs[level] = [index, index + 1, [h]]
-    for level, (first, _, hashes) in open_runs.items():
-        runs.append((level, first, b"".join(hashes)))
-    return runs
+def _runs(nodes: Sequence[Node]) -> list[tuple[int, int, bytes]]:
+    """``(level, first_index, hashes)`` of an update's nodes (what the ledger and the cache's
+    own rebuild hand over: a NodeRuns; any other sequence is grouped here)."""
+    return (nodes if type(nodes) is NodeRuns else NodeRuns.of(nodes)).runs
 
 
 @functools.lru_cache(maxsize=_NODES_PER_QUERY)
@@ -319,7 +291,7 @@ class NodeCache:
                     updates = [up for up in updates if up.first_seq == sizes.get(up.partition, 0)]
                     conn.executemany(
                         "INSERT OR REPLACE INTO node_runs VALUES (?, ?, ?, ?)",
-                        [(up.partition, *run) for up in updates for run in node_runs(up.nodes)],
+                        [(up.partition, *run) for up in updates for run in _runs(up.nodes)],
                     )
                     conn.executemany(
                         "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?)",
