@@ -205,6 +205,17 @@ def raw_produce(
     return _rate(len(payloads), seconds)
 
 
+def record_bytes(ledger: Ledger, payload: bytes) -> int:
+    """The length of the Kafka record ``ledger`` writes for ``payload`` (header + payload)."""
+    from streamledger.core.entry import ZERO_HASH, build_records
+    from streamledger.ledger import DEFAULT_CONTENT_TYPE
+
+    records, _ = build_records(
+        ledger.name, 0, 0, 0, ledger.producer, ZERO_HASH, [(payload, b"", DEFAULT_CONTENT_TYPE)]
+    )
+    return len(records[0])
+
+
 def ledger_append(ledger: Ledger, payloads: list[bytes], batch: int) -> float:
     """``Ledger.append_stream`` of ``payloads`` in batches of ``batch``; returns entries/s."""
     ledger.append_many(payloads[:batch])  # warm-up, not timed (raw produce gets one too)
@@ -356,6 +367,10 @@ KAFKA_RATIOS = {
     "sequencer": ("sequencer_per_s", "raw_produce_per_s"),
     "verify_w1": ("verify_w1_per_s", "raw_consume_per_s"),
     "verify_w2": ("verify_w2_per_s", "raw_consume_per_s"),
+    # what the record format alone costs: raw produce of messages as long as the ledger's
+    # records, against raw produce of the payloads; and the ledger against that
+    "record_format": ("raw_records_per_s", "raw_produce_per_s"),
+    "append_vs_records": ("ledger_append_per_s", "raw_records_per_s"),
 }
 KAFKA_SAMPLES = (
     "raw_produce_per_s",
@@ -364,6 +379,7 @@ KAFKA_SAMPLES = (
     "raw_consume_per_s",
     "verify_w1_per_s",
     "verify_w2_per_s",
+    "raw_records_per_s",
 )
 
 
@@ -559,14 +575,22 @@ def _kafka_rows(
         meter = _CpuMeter(broker_pid)
 
         backend = KafkaBackend(bootstrap, config=extra, state_dir=state_dir)
+        record_size: int | None = None
+        records: list[bytes] = []
         try:
             measured = None
             for index, round_ in enumerate(rounds):
                 raw_topic = f"raw-{tag}-{index}"
+                records_topic = f"rawrec-{tag}-{index}"
                 Ledger.create(backend, raw_topic, partitions=partitions)  # same topic settings
+                Ledger.create(backend, records_topic, partitions=partitions)
                 ledger = Ledger.create(
                     backend, f"ledger-{tag}-{index}", partitions=partitions, signer=key
                 )
+                if record_size is None:  # raw messages as long as this ledger's records
+                    record_size = record_bytes(ledger, payloads[0])
+                    padded = [os.urandom(record_size) for _ in range(min(count, 2000))]
+                    records = [padded[i % len(padded)] for i in range(count)]
                 if round_ is not None:
                     measured = measured or ledger
 
@@ -583,6 +607,14 @@ def _kafka_rows(
                         "ledger_append_per_s",
                         "ledger append",
                         functools.partial(ledger_append, ledger, payloads, plan.batch),
+                    ),
+                    (
+                        "raw_records_per_s",
+                        "raw produce of ledger-sized messages",
+                        functools.partial(
+                            raw_produce, bootstrap, extra, records_topic, records, plan.batch,
+                            partitions,
+                        ),
                     ),
                     (
                         "sequencer_per_s",
@@ -602,7 +634,7 @@ def _kafka_rows(
                         cpu[name].append(meter.stop())
                 # this round's topics, but for the ledger verified below (sequencer_rate's
                 # intake and ledger are named after its tag)
-                done = [raw_topic, f"intake-{tag}-{index}", f"seq-{tag}-{index}"]
+                done = [raw_topic, records_topic, f"intake-{tag}-{index}", f"seq-{tag}-{index}"]
                 if ledger is not measured:
                     done.append(ledger.name)
                 _delete_topics(bootstrap, extra, tag, bases=done)
@@ -640,6 +672,7 @@ def _kafka_rows(
             gc.unfreeze()
         rows.append(_kafka_row(size, count, samples, warmup))
         rows[-1]["cpu"] = cpu
+        rows[-1]["record_bytes"] = record_size
     return rows
 
 
@@ -1000,6 +1033,16 @@ def format_table(results: dict[str, Any]) -> str:
                 f"sequencer {row['best_ratios']['sequencer']:.2f} verify "
                 f"{row['best_ratios']['verify_w1']:.2f} / "
                 f"{row['best_ratios']['verify_w2']:.2f} (2p)"
+                for row in results["kafka"]
+            )
+        )
+    if results.get("kafka") and all(row.get("record_bytes") for row in results["kafka"]):
+        lines.append(
+            "record format: raw produce of messages as long as the ledger's records / raw "
+            "produce of the payloads, and ledger append / the former: "
+            + "; ".join(
+                f"{row['payload_bytes']} B (records of {row['record_bytes']} B) "
+                f"{row['record_format_ratio']:.2f}, append {row['append_vs_records_ratio']:.2f}"
                 for row in results["kafka"]
             )
         )

@@ -150,3 +150,19 @@ def test_cpu_meter_accounts_the_benchmark_process_and_the_broker():
         sleeper.wait()
     assert stopped["broker_cpu_s"] is not None and stopped["broker_cpu_s"] >= 0
     assert stopped["other_cpu_s"] is not None and stopped["other_cpu_s"] >= 0
+
+
+@pytest.mark.parametrize("size", [0, 100, 1024, 10240])
+def test_record_bytes_is_the_length_of_what_the_ledger_stores(size) -> None:
+    """The bench's raw 'ledger-sized messages' are as long as the records the ledger writes."""
+    import os
+
+    from streamledger.backends.memory import MemoryBackend
+    from streamledger.bench import record_bytes
+    from streamledger.ledger import Ledger
+
+    ledger = Ledger.create(MemoryBackend(), "ledger-bench1024xdeadbeef-3", partitions=3)
+    payload = os.urandom(size)
+    ledger.append_many([payload], partition=2)
+    (stored,) = ledger.backend.partition_records(ledger.name, 2)
+    assert record_bytes(ledger, payload) == len(stored) > size

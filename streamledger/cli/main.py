@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat",
         type=int,
         default=None,
-        help="interleaved rounds per throughput comparison, best of them reported "
-        "(default 3 in full mode, 1 with --quick)",
+        help="measured rounds per throughput comparison (after discarded warm-up rounds), "
+        "their median reported (default 5 in full mode, 1 with --quick)",
     )
     bench.add_argument(
         "--cache-dir",

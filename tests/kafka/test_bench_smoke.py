@@ -19,6 +19,7 @@ KAFKA_SAMPLES = (
     "raw_consume_per_s",
     "verify_w1_per_s",
     "verify_w2_per_s",
+    "raw_records_per_s",
 )
 
 
@@ -65,6 +66,15 @@ def test_quick_benchmark_runs_and_reports_every_measurement(kafka_bootstrap, tmp
         assert row["sequencer_ratio"] == pytest.approx(
             row["sequencer_per_s"] / row["raw_produce_per_s"]
         )
+        # the record format's own cost: raw produce of messages as long as the ledger's
+        # records (a header of ledger name, seq, hashes... on top of the payload)
+        assert row["record_bytes"] > size + 64
+        assert row["record_format_ratio"] == pytest.approx(
+            row["raw_records_per_s"] / row["raw_produce_per_s"]
+        )
+        assert row["append_vs_records_ratio"] == pytest.approx(
+            row["ledger_append_per_s"] / row["raw_records_per_s"]
+        )
         for workers in (1, 2):
             assert row[f"verify_w{workers}_ratio"] == pytest.approx(
                 row[f"verify_w{workers}_per_s"] / row["raw_consume_per_s"]
@@ -99,6 +109,7 @@ def test_quick_benchmark_runs_and_reports_every_measurement(kafka_bootstrap, tmp
     table = format_table(results)
     assert "median of 2 rounds" in table and "best of 2" in table and "ratio" in table
     assert "KafkaBlockchain-shaped run" in table
+    assert "record format" in table and f"(records of {rows[100]['record_bytes']} B)" in table
     assert "2 worker processes" in table or "workers=2" in table
     for row in proofs:
         assert f"proofs on {row['log_size']:,} entries" in table
