@@ -5,8 +5,8 @@
 //! `streamledger/core/_accel.py`. Hashing is SHA-256 from the RustCrypto `sha2` crate.
 //!
 //! * `build_records`: entry format v1 records and leaf hashes of a batch (entry.build_records).
-//! * `compact_append`: extend an RFC 6962 compact range, listing completed nodes
-//!   (merkle.CompactRange.append, many leaves at once).
+//! * `compact_append_runs`: extend an RFC 6962 compact range by many leaves, the nodes they
+//!   complete grouped by level (merkle.CompactRange.append_runs).
 //! * `verify_run`: the verifier's fast path over raw record bytes (verify._fast_run); the
 //!   hashing of a large chunk is spread over the machine's cores (GIL released).
 //! * `unpack_messages`: `(offsets, values)` of a list of confluent-kafka messages (the Kafka
@@ -199,40 +199,9 @@ fn build_records<'py>(
     Ok((records, hashes_to_list(py, &leaves)?))
 }
 
-/// `compact_append(hashes, size, leaves) -> (new_hashes, nodes)`: append `leaves` to the
-/// compact range of `size` leaves with perfect-subtree `hashes` (largest first); `nodes` is
-/// every completed `(level, index, hash)` in the order CompactRange.append lists them.
-#[pyfunction]
-fn compact_append<'py>(
-    py: Python<'py>,
-    hashes: &Bound<'py, PyList>,
-    size: u64,
-    leaves: &Bound<'py, PyList>,
-) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-    let mut range = hashes_from_list(hashes, "tree hash")?;
-    check_range(&range, size)?;
-    let new_leaves = hashes_from_list(leaves, "leaf hash")?;
-    if size.checked_add(new_leaves.len() as u64).is_none() {
-        return Err(PyValueError::new_err("tree size out of range"));
-    }
-    let mut size = size;
-    let mut completed: Vec<(u32, u64, Hash)> = Vec::with_capacity(new_leaves.len() * 2 + 8);
-    py.allow_threads(|| {
-        for leaf in new_leaves {
-            push_leaf(&mut range, &mut size, leaf, |level, index, h| {
-                completed.push((level, index, *h))
-            });
-        }
-    });
-    let nodes = PyList::empty(py);
-    for (level, index, h) in &completed {
-        nodes.append((*level, *index, PyBytes::new(py, h)))?;
-    }
-    Ok((hashes_to_list(py, &range)?, nodes))
-}
-
-/// `compact_append_runs(hashes, size, leaves) -> (new_hashes, runs)`: `compact_append` with
-/// the completed nodes grouped by level: `runs` is one `(level, first_index, hashes)` per
+/// `compact_append_runs(hashes, size, leaves) -> (new_hashes, runs)`: append `leaves` to the
+/// compact range of `size` leaves with perfect-subtree `hashes` (largest first), the nodes they
+/// complete grouped by level: `runs` is one `(level, first_index, hashes)` per
 /// level, `hashes` the 32-byte hashes of indexes `first_index, first_index+1, ...` back to
 /// back (consecutive leaves complete consecutive nodes on every level), levels ascending.
 #[pyfunction]
@@ -481,7 +450,6 @@ fn unpack_messages<'py>(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(build_records, m)?)?;
-    m.add_function(wrap_pyfunction!(compact_append, m)?)?;
     m.add_function(wrap_pyfunction!(compact_append_runs, m)?)?;
     m.add_function(wrap_pyfunction!(verify_run, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_messages, m)?)?;

@@ -464,18 +464,9 @@ class CompactRange:
 
     def append_many(self, leaf_hashes: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
         """Add leaves in order; return the perfect nodes they complete, exactly the lists
-        :meth:`append` returns for each, one after another (native code when available).
-        Raises :class:`FormatError` if a leaf hash is not 32 bytes."""
-        native = _accel.native
-        if native is not None and type(leaf_hashes) is list:
-            try:
-                hashes, nodes = native.compact_append(self._hashes, self._size, leaf_hashes)
-            except (TypeError, ValueError, OverflowError):
-                pass  # not plain 32-byte hashes: append() below says what is wrong
-            else:
-                self._hashes = hashes
-                self._size += len(leaf_hashes)
-                return nodes
+        :meth:`append` returns for each, one after another (:meth:`append_runs` is the fast
+        way, without a tuple per node). Raises :class:`FormatError` if a leaf hash is not 32
+        bytes."""
         completed: list[tuple[int, int, bytes]] = []
         for leaf in leaf_hashes:
             completed.extend(self.append(leaf))
@@ -489,7 +480,7 @@ class CompactRange:
             try:
                 hashes, runs = native.compact_append_runs(self._hashes, self._size, leaf_hashes)
             except (TypeError, ValueError, OverflowError):
-                pass  # not plain 32-byte hashes: append_many below says what is wrong
+                pass  # not plain 32-byte hashes: append() (through append_many) says what is wrong
             else:
                 self._hashes = hashes
                 self._size += len(leaf_hashes)
