@@ -127,3 +127,31 @@ def test_apply_later_from_many_threads_keeps_each_partition_whole(tmp_path, coun
         t.join()
     assert [cache.frontier(p).size for p in range(4)] == [10 * count] * 4
     cache.close()
+
+
+def test_reset_waits_for_queued_writes_without_deadlock(tmp_path) -> None:
+    """reset() holds the cache's lock while it deletes; it must first let the applier thread
+    (which needs that lock) write what is queued, then forget the partition."""
+    cache = NodeCache(tmp_path / "c.sqlite")
+    tree = CompactRange()
+    gate = threading.Event()
+    real = cache._apply
+
+    def held(updates):
+        assert gate.wait(10)
+        real(updates)
+
+    cache._apply = held  # type: ignore[method-assign]
+    up, _ = _updates(tree, 0, 0, 10, 0)
+    cache.apply_later([up])
+    done = threading.Event()
+
+    def reset() -> None:
+        cache.reset(0)
+        done.set()
+
+    threading.Thread(target=reset, daemon=True).start()
+    gate.set()
+    assert done.wait(10), "reset() deadlocked with a queued write"
+    assert cache.frontier(0) == Frontier()  # the queued write landed first, then was forgotten
+    cache.close()

@@ -358,12 +358,14 @@ class NodeCache:
 
     def reset(self, partition: int | None = None) -> None:
         """Forget a partition (or everything): it will be rebuilt from the topic."""
-        with self._lock:
-            for table in ("node_runs", "segments", "frontier"):
-                if partition is None:
-                    self._run(f"DELETE FROM {table}")
-                else:
-                    self._run(f"DELETE FROM {table} WHERE partition=?", (partition,))
+        self._settle()  # before taking the lock, which the applier thread needs
+        where, args = ("", ()) if partition is None else (" WHERE partition=?", (partition,))
+        try:
+            with self._lock:
+                for table in ("node_runs", "segments", "frontier"):
+                    self._conn.execute(f"DELETE FROM {table}{where}", args)
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"node cache {self.path}: {exc}") from None
 
     def close(self) -> None:
         self._settle()
