@@ -940,6 +940,13 @@ def run_bench(
                     broker_pid=broker.pid if broker is not None else None,
                 )
             if anchor_entries and "anchor" in sections:
+                if "kafka" not in sections and broker is not None and plan.broker_warmup_s:
+                    # a fresh broker is slow until its JIT has warmed up (~30 s of traffic);
+                    # in a full run the Kafka section has done that
+                    timed(f"  warming the broker up: {plan.broker_warmup_s:g} s of traffic")
+                    results["anchor_broker_warmup"] = _warm_broker(
+                        bootstrap, extra, plan.broker_warmup_s, plan.batch, key, state
+                    )
                 timed(f"KafkaBlockchain-shaped run: {anchor_entries:,} entries, 3 partitions")
                 results["anchor"] = _anchor_run(bootstrap, extra, anchor_entries, key, state)
             if "latency" in sections:
