@@ -417,18 +417,48 @@ class Ledger:
             writer.size, writer.prev_leaf, writer.tree = size, prev, tree
         if not receipts:
             return []
-        name, order = self.name, staged.order
-        if len(order) == 1:
-            ((part, indexes),) = order.items()
-            if isinstance(indexes, range):  # one partition, in input order
-                first = staged.batches[part].first_seq
-                return _receipts(name, part, first, staged.leaves[part], offsets[part])
-        out: list[Receipt] = [None] * staged.count  # type: ignore[list-item]
-        for part, indexes in order.items():
+        return list(itertools.chain.from_iterable(self._receipt_chunks(staged, offsets)))
+
+    def _receipt_chunks(
+        self, staged: _Staged, offsets: Mapping[int, Sequence[int]]
+    ) -> Iterator[list[Receipt]]:
+        """The receipts of a stored batch in input order, in lists of at most about
+        ``_RECEIPT_CHUNK`` when the batch went to one partition in order or round-robin (the
+        plain appends), else in one list. :meth:`append_stream` hands them out a chunk at a
+        time: a caller that drops each receipt then never holds a whole batch of them, so
+        they die young instead of surviving into the garbage collector's oldest generation,
+        whose full collections (each scanning every object) cost more than building them."""
+        order, n, name = staged.order, staged.count, self.name
+        step = len(order)
+        if step and all(
+            isinstance(indexes, range) and indexes.step == step and indexes.start < step
+            for indexes in order.values()
+        ):
+            # output position j*step + r is entry j of the partition whose indexes start at r
+            heads = {
+                indexes.start: (
+                    part,
+                    staged.batches[part].first_seq,
+                    staged.leaves[part],
+                    offsets[part],
+                )
+                for part, indexes in order.items()
+            }
+            rows = max(1, _RECEIPT_CHUNK // step)
+            for j in range(0, -(-n // step), rows):
+                chunk: list[Receipt] = [None] * min(rows * step, n - j * step)  # type: ignore[list-item]
+                for r, (part, first, leaves, offs) in heads.items():
+                    chunk[r::step] = _receipts(
+                        name, part, first + j, leaves[j : j + rows], offs[j : j + rows]
+                    )
+                yield chunk
+            return
+        out: list[Receipt] = [None] * n  # type: ignore[list-item]
+        for part, indexes in order.items():  # keyed targets: any order
             first = staged.batches[part].first_seq
             built = _receipts(name, part, first, staged.leaves[part], offsets[part])
             drain(map(out.__setitem__, indexes, built))
-        return out
+        yield out
 
     def append_stream(
         self,
@@ -488,37 +518,10 @@ class Ledger:
         self, staged: _Staged, stored: Future[Mapping[int, list[int]]]
     ) -> Iterator[Receipt]:
         """:meth:`_advance` for :meth:`append_stream`: the same receipts, built a chunk at a
-        time as the caller takes them. A caller that drops each receipt then never holds a
-        whole batch of them, so they die young instead of surviving into the garbage
-        collector's oldest generation, whose full collections (each scanning every object)
-        otherwise cost more than building the receipts."""
+        time as the caller takes them (see :meth:`_receipt_chunks`)."""
         offsets = stored.result()
-        order, n, name = staged.order, staged.count, self.name
-        step = len(order)
-        if not all(
-            isinstance(indexes, range) and indexes.step == step and indexes.start < step
-            for indexes in order.values()
-        ):  # keyed targets: any order
-            yield from self._advance(staged, offsets)
-            return
         self._advance(staged, offsets, receipts=False)
-        # one partition in order, or round-robin: output position j*step + r is entry j of
-        # the partition whose indexes start at r
-        heads = {
-            indexes.start: (
-                part,
-                staged.batches[part].first_seq,
-                staged.leaves[part],
-                offsets[part],
-            )
-            for part, indexes in order.items()
-        }
-        rows = _RECEIPT_CHUNK // step
-        for j in range(0, -(-n // step), rows):
-            chunk: list[Receipt] = [None] * min(rows * step, n - j * step)  # type: ignore[list-item]
-            for r, (part, first, leaves, offs) in heads.items():
-                built = _receipts(name, part, first + j, leaves[j : j + rows], offs[j : j + rows])
-                chunk[r::step] = built
+        for chunk in self._receipt_chunks(staged, offsets):
             yield from chunk
 
     # -- reading -----------------------------------------------------------------------

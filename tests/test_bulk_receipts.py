@@ -139,7 +139,7 @@ def test_segments_of_consecutive_and_not() -> None:
     assert segments_of(0, [1]) == [(0, 1, 1)] and segments_of(0, []) == []
 
 
-@pytest.mark.parametrize("partitions", [1, 3, 4])
+@pytest.mark.parametrize("partitions", [1, 3, 4, 520])
 @pytest.mark.parametrize("partition", [None, 0])
 @pytest.mark.parametrize("batch", [1, 127, 170, 509, 510, 511, 1531])
 def test_append_stream_receipts_in_chunks_equal_the_bulk_ones(partitions, partition, batch) -> None:
